@@ -1,0 +1,94 @@
+"""`gateway` command line: serve, check, keys, and the admin commands of each subsystem.
+
+Subsystems add their commands through `register(subparsers)` in their own `cli` module
+(listed in `_EXTENSIONS`), so this file does not grow with every feature.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from . import config as config_mod
+
+_EXTENSIONS = ("gateway.engines.cli", "gateway.metering.cli")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as e:
+        print(f"gateway: invalid config {args.config}:\n{e}", file=sys.stderr)
+        return 2
+    return serve(cfg, config_path=args.config, host=args.host, port=args.port)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as e:
+        print(f"{args.config}: invalid\n{e}", file=sys.stderr)
+        return 1
+    spawned = sum(s.replicas for p in cfg.pools.values() for s in p.spawn)
+    external = sum(len(p.endpoints) for p in cfg.pools.values())
+    print(f"{args.config}: ok ({len(cfg.pools)} pools, {spawned} spawned engines, {external} external endpoints)")
+    return 0
+
+
+def _cmd_keys_hash(args: argparse.Namespace) -> int:
+    from .auth import hash_key
+
+    secret = args.secret if args.secret is not None else sys.stdin.readline().strip()
+    if not secret:
+        print("gateway keys hash: give the key as an argument or on standard input", file=sys.stderr)
+        return 2
+    print(hash_key(secret))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible gateway for self-hosted engines")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway (spawns the configured engines)")
+    s.add_argument("--config", "-c", default=os.environ.get("GATEWAY_CONFIG", "config/demo.yaml"))
+    s.add_argument("--host", help="override server.host")
+    s.add_argument("--port", type=int, help="override server.port")
+    s.set_defaults(func=_cmd_serve)
+
+    c = sub.add_parser("check", help="validate a config file and exit non-zero on problems")
+    c.add_argument("--config", "-c", required=True)
+    c.set_defaults(func=_cmd_check)
+
+    k = sub.add_parser("keys", help="API keys")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    h = ksub.add_parser("hash", help="print the SHA-256 of a key, for `auth.keys[].key_sha256`")
+    h.add_argument("secret", nargs="?")
+    h.set_defaults(func=_cmd_keys_hash)
+
+    for modname in _EXTENSIONS:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name != modname:
+                raise
+            continue
+        mod.register(sub, ksub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Handler = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""The gateway's YAML config: schema, `${ENV}` interpolation, and errors that name the place.
+
+One declaration per setting: the pydantic models below are the only place a setting,
+its default and its limits are written. The CLI only overrides host/port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENGINES = ("vllm", "sglang", "lmdeploy", "llamacpp", "sim", "command")
+EngineName = Literal["vllm", "sglang", "lmdeploy", "llamacpp", "sim", "command"]
+PoolKind = Literal["chat", "embedding"]
+Reasoning = Literal["none", "passthrough", "deepseek_r1", "think_tags"]
+BalancerName = Literal["least_outstanding", "round_robin", "random", "speed_aware"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+
+
+class ConfigError(Exception):
+    """A config that cannot be served. `str()` lists every problem, one per line, with its path."""
+
+
+class _Model(BaseModel):
+    # Typos in a config must not be silently ignored: an unknown key is an error.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Grace period for in-flight requests on shutdown and for draining removed backends.
+    drain_seconds: float = Field(30.0, ge=0)
+    access_log: bool = False
+
+
+class KeyConfig(_Model):
+    name: str = Field(min_length=1)
+    key_sha256: str
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    # "5000000/month" | "100000/day" | plain integer (lifetime)
+    budget: str | None = None
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("must be 64 hex characters (run `gateway keys hash` to make one)")
+        return v
+
+
+class AuthConfig(_Model):
+    # "none" serves everyone without a key; it must be asked for explicitly.
+    mode: Literal["keys", "none"] = "keys"
+    admin_key: str | None = None
+    admin_key_sha256: str | None = None
+    keys: list[KeyConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthConfig:
+        names = [k.name for k in self.keys]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate key names: {', '.join(sorted(dup))}")
+        return self
+
+
+class HealthConfig(_Model):
+    path: str | None = None  # engine default when None
+    interval: float = Field(5.0, gt=0)
+    timeout: float = Field(5.0, gt=0)
+    # A single slow probe under load must not eject a backend.
+    failure_threshold: int = Field(3, ge=1)
+    success_threshold: int = Field(1, ge=1)
+
+
+class SpawnConfig(_Model):
+    """One engine process definition, started `replicas` times."""
+
+    engine: EngineName
+    model: str = Field(min_length=1)
+    # Names the engine serves; defaults to the pool name. The first is what the engine reports.
+    served_names: list[str] | None = None
+    args: list[str] = Field(default_factory=list)
+    # For engine=command: the argv, with {port}, {host}, {model}, {served_name} substituted.
+    command: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    unset_env: list[str] = Field(default_factory=list)
+    replicas: int = Field(1, ge=1)
+    gpus_per_replica: int = Field(0, ge=0)
+    startup_timeout: float = Field(900.0, gt=0)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    api_key: str | None = None  # the engine's own key; defaults to the pool's api_key
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args_are_strings(cls, v: Any) -> Any:
+        # YAML turns `--max-model-len: 8192` style numbers into ints; argv needs strings.
+        if isinstance(v, list):
+            return [a if isinstance(a, str) else _json_arg(a) for a in v]
+        return v
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): ("" if x is None else str(x)) for k, x in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _command_needs_argv(self) -> SpawnConfig:
+        if self.engine == "command" and not self.command:
+            raise ValueError("engine 'command' needs a `command:` argv list")
+        return self
+
+
+def _json_arg(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    return json.dumps(v, separators=(",", ":"))
+
+
+class QueueConfig(_Model):
+    max_size: int = Field(1024, ge=0)
+    timeout: float = Field(30.0, gt=0)
+
+
+class TimeoutConfig(_Model):
+    connect: float = Field(5.0, gt=0)
+    # Prefill of a long prompt on a busy engine can take minutes.
+    first_byte: float = Field(600.0, gt=0)
+    stream_idle: float = Field(300.0, gt=0)
+
+
+_SPAWN_KEYS = set(SpawnConfig.model_fields)
+
+
+class PoolConfig(_Model):
+    kind: PoolKind = "chat"
+    aliases: list[str] = Field(default_factory=list)
+    endpoints: list[str] = Field(default_factory=list)
+    spawn: list[SpawnConfig] = Field(default_factory=list)
+    api_key: str | None = None
+    max_concurrency: int = Field(64, ge=1)
+    balancer: BalancerName = "least_outstanding"
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    retries: int = Field(2, ge=0)
+    reasoning: Reasoning = "none"
+    # Embedding pools: whether the engine honours `dimensions`, and whether it can
+    # encode base64 itself (if not, the gateway asks for floats and encodes).
+    supports_dimensions: bool = False
+    engine_base64: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_spawn(cls, data: Any) -> Any:
+        # Shorthand: a pool with `engine:` at its top level spawns that one engine spec.
+        if isinstance(data, dict) and "engine" in data:
+            data = dict(data)
+            spec = {k: data.pop(k) for k in list(data) if k in _SPAWN_KEYS and k != "api_key"}
+            if "spawn" in data:
+                raise ValueError("give either `engine:` (one engine spec) or `spawn:` (a list), not both")
+            data["spawn"] = [spec]
+        return data
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        out = []
+        for u in v:
+            if not re.match(r"^https?://[^/\s]+", u):
+                raise ValueError(f"{u!r} is not an http(s) URL")
+            out.append(u.rstrip("/"))
+        return out
+
+    @model_validator(mode="after")
+    def _has_backends(self) -> PoolConfig:
+        if not self.endpoints and not self.spawn:
+            raise ValueError("a pool needs `endpoints:` or an engine to spawn (`engine:` / `spawn:`)")
+        return self
+
+
+class EnginesConfig(_Model):
+    """Process supervision settings shared by all spawned engines."""
+
+    gpus: list[str] = Field(default_factory=list)
+    # Every name gets the same device list (some stacks read XPU_VISIBLE_DEVICES too).
+    device_env: list[str] = Field(default_factory=lambda: ["CUDA_VISIBLE_DEVICES"])
+    port_range: tuple[int, int] = (20000, 29999)
+    log_dir: str = "var/logs"
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    log_backups: int = Field(3, ge=0)
+    stop_grace_seconds: float = Field(15.0, ge=0)
+    restart_backoff_initial: float = Field(1.0, gt=0)
+    restart_backoff_max: float = Field(300.0, gt=0)
+    restart_stable_seconds: float = Field(60.0, gt=0)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_strings(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [str(x) for x in v]
+        return v
+
+    @field_validator("device_env", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class MetricsConfig(_Model):
+    # Key names are bounded by the admin; a switch drops them for very many keys.
+    key_label: bool = True
+
+
+class MeteringConfig(_Model):
+    enabled: bool = True
+    flush_interval: float = Field(1.0, gt=0)
+    buffer_max: int = Field(100_000, ge=100)
+
+
+class GatewayConfig(_Model):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    # Usage ledger: sqlite:///path.db (default) or redis://host:port/db.
+    store: str = "sqlite:///var/usage.db"
+    # Shared state for several replicas (rate limits, dynamic keys); defaults to `store` when that is Redis.
+    redis: str | None = None
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    metering: MeteringConfig = Field(default_factory=MeteringConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    engines: EnginesConfig = Field(default_factory=EnginesConfig)
+    pools: dict[Annotated[str, Field(pattern=_NAME_RE.pattern)], PoolConfig] = Field(default_factory=dict)
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        if not (v.startswith("sqlite:///") or v.startswith("redis://") or v.startswith("rediss://") or v == "memory://"):
+            raise ValueError("must be sqlite:///PATH, redis://HOST:PORT/DB or memory://")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> GatewayConfig:
+        problems: list[str] = []
+        seen: dict[str, str] = {}
+        for name, pool in self.pools.items():
+            for n in [name, *pool.aliases]:
+                if n in seen and seen[n] != name:
+                    problems.append(f"pools.{name}.aliases: {n!r} is already used by pool {seen[n]!r}")
+                seen.setdefault(n, name)
+        wanted = sum(s.replicas * s.gpus_per_replica for p in self.pools.values() for s in p.spawn)
+        if wanted > len(self.engines.gpus):
+            detail = ", ".join(
+                f"{n}: {s.replicas}x{s.gpus_per_replica}"
+                for n, p in self.pools.items()
+                for s in p.spawn
+                if s.gpus_per_replica
+            )
+            problems.append(
+                f"engines.gpus: pools ask for {wanted} devices ({detail}) but the inventory has "
+                f"{len(self.engines.gpus)} ({', '.join(self.engines.gpus) or 'none'})"
+            )
+        lo, hi = self.engines.port_range
+        if not (1024 <= lo <= hi <= 65535):
+            problems.append("engines.port_range: must be [low, high] within 1024..65535")
+        if self.auth.mode == "keys" and not self.auth.keys and not self.auth.admin_key and not self.auth.admin_key_sha256:
+            problems.append("auth: no keys and no admin key; add keys or set `mode: none` explicitly")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def redis_url(self) -> str | None:
+        if self.redis:
+            return self.redis
+        return self.store if self.store.startswith(("redis://", "rediss://")) else None
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, environ: dict[str, str] | None = None) -> str:
+    """Replace `${VAR}` and `${VAR:-default}`; an unset variable without default is an error."""
+    env = os.environ if environ is None else environ
+    missing: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        missing.append(name)
+        return ""
+
+    out = _ENV_RE.sub(sub, text)
+    if missing:
+        raise ConfigError("environment variables not set: " + ", ".join(sorted(set(missing))))
+    return out
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after", "function-before"))
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        msg = msg.replace("Input should be greater than or equal to", "must be >=")
+        msg = msg.replace("Input should be greater than", "must be >")
+        msg = msg.replace("Extra inputs are not permitted", "unknown setting")
+        for part in msg.split("\n"):
+            if part.startswith(("pools.", "engines.", "auth")):
+                lines.append(part)
+            else:
+                lines.append(f"{loc}: {part}" if loc else part)
+    return "\n".join(lines)
+
+
+def parse(data: Any) -> GatewayConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a YAML mapping at its top level")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as e:
+        msg = _format_errors(e)
+        # Pools written in the flat `engine:` shorthand: report paths as the user wrote them.
+        pools = data.get("pools")
+        if isinstance(pools, dict):
+            for name, pool in pools.items():
+                if isinstance(pool, dict) and "engine" in pool:
+                    msg = msg.replace(f"pools.{name}.spawn.0.", f"pools.{name}.")
+        raise ConfigError(msg) from None
+
+
+def loads(text: str, environ: dict[str, str] | None = None) -> GatewayConfig:
+    try:
+        data = yaml.safe_load(interpolate(text, environ))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML: {e}") from None
+    return parse(data)
+
+
+def load(path: str | Path, environ: dict[str, str] | None = None) -> GatewayConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {p}: {e.strerror}") from None
+    return loads(text, environ)

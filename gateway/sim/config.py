@@ -1,0 +1,195 @@
+"""Static configuration (from the command line) and runtime-mutable faults of the simulator."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+REASONING_MODES = ("none", "field", "think-tags", "r1")
+REASONING_FIELDS = ("reasoning", "reasoning_content", "both")
+TOOL_CALL_MODES = ("text", "always")
+
+
+@dataclass
+class Faults:
+    """Failure injection knobs; replaced wholesale or patched via POST /sim/faults."""
+
+    error_rate: float = 0.0  # probability that an inference request fails with error_status
+    error_status: int = 500
+    crash_after_requests: int | None = None  # os._exit(1) once this many inference requests completed
+    crash_after_tokens: int | None = None  # os._exit(1) after a stream has sent this many tokens
+    stall_after_tokens: int | None = None  # a stream stops sending after this many tokens (socket kept)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def update(self, patch: Any) -> None:
+        """Validate a JSON patch fully, then apply it (all or nothing). Raises ValueError."""
+        if not isinstance(patch, dict):
+            raise ValueError("faults must be a JSON object")
+        known = {f.name for f in fields(self)}
+        new = asdict(self)
+        for key, value in patch.items():
+            if key not in known:
+                raise ValueError(f"unknown fault {key!r}; known: {sorted(known)}")
+            new[key] = value
+        rate = new["error_rate"]
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+            raise ValueError("error_rate must be a number in [0, 1]")
+        status = new["error_status"]
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+            raise ValueError("error_status must be an integer HTTP error status (400..599)")
+        for key in ("crash_after_requests", "crash_after_tokens", "stall_after_tokens"):
+            v = new[key]
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"{key} must be null or a non-negative integer")
+        for key, value in new.items():
+            setattr(self, key, float(value) if key == "error_rate" else value)
+
+
+@dataclass
+class SimConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_names: list[str] = field(default_factory=lambda: ["sim-model"])
+    model: str = ""  # shown as `root` in /v1/models; defaults to the first served name
+    max_num_seqs: int = 256
+    max_model_len: int = 4096
+    ttft_ms: float = 20.0
+    itl_ms: float = 5.0
+    jitter: float = 0.0
+    prefill_ms_per_token: float = 0.0
+    batch_slowdown: float = 1.0
+    startup_seconds: float = 0.0
+    embedding: bool = False
+    embedding_dim: int = 384
+    reasoning: str = "none"
+    reasoning_field: str = "reasoning"
+    tool_call_mode: str = "text"
+    seed: int = 0
+    api_key: str | None = None
+    output_tokens: int = 64
+    faults: Faults = field(default_factory=Faults)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            self.model = self.served_model_names[0]
+
+    @property
+    def model_name(self) -> str:
+        """vLLM reports the first served name in every response and metric label."""
+        return self.served_model_names[0]
+
+
+def _non_negative(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gateway.sim",
+        description="Simulated vLLM OpenAI-compatible server: deterministic text, realistic timing, "
+        "continuous batching, vLLM metrics and failure injection.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("server (vLLM flag names)")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind")
+    g.add_argument("--port", type=int, default=8000, help="port to bind (0 = any free port; logged)")
+    g.add_argument("--served-model-name", nargs="+", default=["sim-model"], dest="served_model_name",
+                   help="model names accepted in requests; responses always carry the first")
+    g.add_argument("--model", default="", help="model path shown as `root` in /v1/models (default: first served name)")
+    g.add_argument("--max-num-seqs", type=_positive_int, default=256,
+                   help="requests generating at once; the rest wait FIFO")
+    g.add_argument("--max-model-len", type=_positive_int, default=4096, help="context length (prompt + output)")
+    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
+    g.add_argument("--seed", type=int, default=0, help="seed of the deterministic text and jitter")
+
+    t = p.add_argument_group("timing")
+    t.add_argument("--ttft-ms", type=_non_negative(float), default=20.0, help="time to first token (after queueing)")
+    t.add_argument("--itl-ms", type=_non_negative(float), default=5.0, help="inter-token latency")
+    t.add_argument("--jitter", type=_non_negative(float), default=0.0,
+                   help="random +/- fraction applied to TTFT and ITL (0.1 = +/-10%%)")
+    t.add_argument("--prefill-ms-per-token", type=_non_negative(float), default=0.0,
+                   help="extra TTFT per prompt token")
+    t.add_argument("--batch-slowdown", type=_non_negative(float), default=1.0,
+                   help="ITL factor when all max-num-seqs slots are busy; linear in occupancy")
+    t.add_argument("--startup-seconds", type=_non_negative(float), default=0.0,
+                   help="answer 503 on /health and /v1/* for this long after start (model loading)")
+
+    m = p.add_argument_group("model behaviour")
+    m.add_argument("--output-tokens", type=_non_negative(int), default=64,
+                   help="tokens generated when a request gives no max_tokens (finish_reason stop); "
+                   "0 = the deterministic natural length (8..200 tokens)")
+    m.add_argument("--embedding", action="store_true", help="serve as an embedding model (/v1/embeddings only)")
+    m.add_argument("--embedding-dim", type=_positive_int, default=384, help="embedding vector size")
+    m.add_argument("--reasoning", choices=REASONING_MODES, default="none",
+                   help="field: reasoning in a delta/message field; think-tags: <think>R</think>\\n\\nA in "
+                   "content; r1: R</think>\\n\\nA in content (no opening tag)")
+    m.add_argument("--reasoning-field", choices=REASONING_FIELDS, default="reasoning",
+                   help="field name(s) used by --reasoning field (vLLM>=0.16: reasoning; older: reasoning_content)")
+    m.add_argument("--tool-call-mode", choices=TOOL_CALL_MODES, default="text",
+                   help="always: requests with tools get a tool call of the first (or chosen) tool")
+
+    f = p.add_argument_group("faults (also settable at runtime via POST /sim/faults)")
+    f.add_argument("--fault-error-rate", type=float, default=0.0, help="fraction of inference requests that fail")
+    f.add_argument("--fault-error-status", type=int, default=500, help="HTTP status of injected failures")
+    f.add_argument("--fault-crash-after-requests", type=_non_negative(int), default=None,
+                   help="exit(1) right after the Nth inference request completes")
+    f.add_argument("--fault-crash-after-tokens", type=_non_negative(int), default=None,
+                   help="exit(1) abruptly once a stream has sent K tokens")
+    f.add_argument("--fault-stall-after-tokens", type=_non_negative(int), default=None,
+                   help="a stream stops sending after K tokens but keeps the connection open")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> SimConfig:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    faults = Faults()
+    try:
+        faults.update({
+            "error_rate": a.fault_error_rate,
+            "error_status": a.fault_error_status,
+            "crash_after_requests": a.fault_crash_after_requests,
+            "crash_after_tokens": a.fault_crash_after_tokens,
+            "stall_after_tokens": a.fault_stall_after_tokens,
+        })
+    except ValueError as exc:
+        parser.error(str(exc))
+    return SimConfig(
+        host=a.host,
+        port=a.port,
+        served_model_names=list(a.served_model_name),
+        model=a.model,
+        max_num_seqs=a.max_num_seqs,
+        max_model_len=a.max_model_len,
+        ttft_ms=a.ttft_ms,
+        itl_ms=a.itl_ms,
+        jitter=a.jitter,
+        prefill_ms_per_token=a.prefill_ms_per_token,
+        batch_slowdown=a.batch_slowdown,
+        startup_seconds=a.startup_seconds,
+        embedding=a.embedding,
+        embedding_dim=a.embedding_dim,
+        reasoning=a.reasoning,
+        reasoning_field=a.reasoning_field,
+        tool_call_mode=a.tool_call_mode,
+        seed=a.seed,
+        api_key=a.api_key,
+        output_tokens=a.output_tokens,
+        faults=faults,
+    )
