@@ -34,8 +34,10 @@ class GatewayError(Exception):
         param: str | None = None,
         type: str | None = None,
         headers: dict[str, str] | None = None,
+        raw_body: bytes | None = None,
     ) -> None:
         super().__init__(message)
+        self.raw_body = raw_body  # an engine's (normalised) error body, relayed as is
         self.status = status
         self.message = message
         self.code = code
@@ -44,6 +46,8 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
     def body(self) -> bytes:
+        if self.raw_body is not None:
+            return self.raw_body
         return error_body(self.message, self.type, self.param, self.code)
 
 

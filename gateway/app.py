@@ -1,0 +1,232 @@
+"""The ASGI application: routing by path, the small endpoints, and the lifespan.
+
+Start-up reads top-down: HTTP client -> metrics -> meter -> limiter -> keys -> engines.
+Shutdown reverses it: stop taking requests -> (uvicorn drains connections) -> stop
+engines -> flush the usage ledger -> close clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from . import inference
+from .asgi import Receive, Scope, Send, header, send_json, send_response
+from .auth import KeyRing, bearer
+from .config import GatewayConfig
+from .errors import GatewayError, invalid_api_key, model_not_found
+from .state import GatewayState, build_names, build_pools
+from .upstream import make_session
+
+log = logging.getLogger("gateway")
+
+
+def create_state(cfg: GatewayConfig, config_path: str | None = None) -> GatewayState:
+    return GatewayState(
+        config=cfg,
+        config_path=config_path,
+        pools=build_pools(cfg),
+        names=build_names(cfg),
+        keyring=KeyRing.from_config(cfg.auth),
+    )
+
+
+class GatewayApp:
+    def __init__(self, state: GatewayState, spawn_engines: bool = True) -> None:
+        self.state = state
+        self.spawn_engines = spawn_engines
+        self.started_at = int(time.time())
+        self._admin: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            if path in inference.ROUTES:
+                if scope["method"] != "POST":
+                    return await _error(send, _method_not_allowed("POST"))
+                return await inference.handle(self.state, scope, receive, send)
+            if path.startswith("/admin"):
+                return await self._admin_app()(scope, receive, send)
+            return await self._small(scope, send, path)
+        if kind == "lifespan":
+            return await self._lifespan(receive, send)
+        # websockets etc. are not part of the API
+
+    # --- small endpoints -----------------------------------------------------------------
+
+    async def _small(self, scope: Scope, send: Send, path: str) -> None:
+        method = scope["method"]
+        try:
+            if path == "/health":
+                _only(method, "GET")
+                if self.state.draining:
+                    return await send_json(send, 503, {"status": "draining"})
+                return await send_json(send, 200, {"status": "healthy"})
+            if path == "/v1/models":
+                _only(method, "GET")
+                return await send_json(send, 200, {"object": "list", "data": self._model_cards(scope)})
+            if path.startswith("/v1/models/"):
+                _only(method, "GET")
+                return await send_json(send, 200, self._model_card(scope, path[len("/v1/models/") :]))
+            if path == "/metrics":
+                _only(method, "GET")
+                if self.state.metrics is None:
+                    return await send_response(send, 200, b"", content_type=b"text/plain; version=0.0.4")
+                body, ctype = self.state.metrics.render()
+                return await send_response(send, 200, body, content_type=ctype.encode())
+            raise GatewayError(404, f"Unknown path {path}.", "not_found")
+        except GatewayError as e:
+            await _error(send, e)
+
+    def _key_for_listing(self, scope: Scope) -> Any:
+        key = self.state.keyring.lookup(bearer(header(scope, b"authorization")))
+        if key is None:
+            raise invalid_api_key()
+        return key
+
+    def _card(self, name: str) -> dict[str, Any]:
+        pool = self.state.pools[name]
+        card: dict[str, Any] = {
+            "id": name,
+            "object": "model",
+            "created": self.started_at,
+            "owned_by": "gateway",
+            "root": pool.cfg.spawn[0].model if pool.cfg.spawn else name,
+            "parent": None,
+        }
+        # Known once an engine has answered /v1/models; never wait for one (Open WebUI times out).
+        mml = next((b.extra.get("max_model_len") for b in pool.backends if b.extra.get("max_model_len")), None)
+        if mml:
+            card["max_model_len"] = mml
+        return card
+
+    def _model_cards(self, scope: Scope) -> list[dict[str, Any]]:
+        key = self._key_for_listing(scope)
+        return [self._card(n) for n in self.state.pools if key.allows(n)]
+
+    def _model_card(self, scope: Scope, model: str) -> dict[str, Any]:
+        key = self._key_for_listing(scope)
+        pool = self.state.resolve(model)
+        if pool is None or not key.allows(pool.name):
+            raise model_not_found(model)
+        card = self._card(pool.name)
+        card["id"] = model
+        return card
+
+    def _admin_app(self) -> Any:
+        if self._admin is None:
+            from .admin import build_admin_app
+
+            self._admin = build_admin_app(self.state)
+        return self._admin
+
+    # --- lifespan --------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as e:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        s = self.state
+        cfg = s.config
+        s.http = make_session()
+        s.metrics = _optional("gateway.metrics", "Metrics", s)
+        if cfg.metering.enabled:
+            meter_cls = _optional_cls("gateway.metering", "Meter")
+            if meter_cls is not None:
+                s.meter = await meter_cls.start(cfg)
+        limiter_cls = _optional_cls("gateway.ratelimit", "Limiter")
+        if limiter_cls is not None:
+            s.limiter = await limiter_cls.start(cfg, s.meter)
+        keystore_cls = _optional_cls("gateway.keystore", "KeyStore")
+        if keystore_cls is not None:
+            s.extras["keystore"] = await keystore_cls.start(cfg, s.keyring)
+        if s.keyring.mode == "none":
+            log.warning("auth.mode is `none`: every client is served without a key")
+        if self.spawn_engines and any(p.spawn for p in cfg.pools.values()):
+            from .engines.supervisor import Supervisor
+
+            s.supervisor = Supervisor(s)
+            await s.supervisor.start()
+        s.extras["health_task"] = asyncio.get_running_loop().create_task(_wake_pools(s))
+
+    async def shutdown(self) -> None:
+        s = self.state
+        # 1. Refuse new work (uvicorn has already stopped accepting and drained connections).
+        s.draining = True
+        task = s.extras.pop("health_task", None)
+        if task is not None:
+            task.cancel()
+        # 2. Stop engines: their process groups get SIGTERM, then SIGKILL after the grace period.
+        if s.supervisor is not None:
+            await s.supervisor.stop()
+        # 3. Flush the ledger and close shared clients.
+        for name in ("keystore",):
+            obj = s.extras.pop(name, None)
+            if obj is not None:
+                await obj.close()
+        if s.limiter is not None:
+            await s.limiter.close()
+        if s.meter is not None:
+            await s.meter.close()
+        if s.http is not None:
+            await s.http.close()
+
+
+async def _wake_pools(state: GatewayState) -> None:
+    """Backends that sat out a passive cool-off become routable by time passing alone;
+    nudge the pools so queued requests notice without waiting for another release."""
+    while True:
+        await asyncio.sleep(0.5)
+        for pool in state.pools.values():
+            if pool.queued:
+                pool.wake()
+
+
+def _optional_cls(module: str, name: str) -> Any:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        return None
+    return getattr(mod, name, None)
+
+
+def _optional(module: str, name: str, *args: Any) -> Any:
+    cls = _optional_cls(module, name)
+    return cls(*args) if cls is not None else None
+
+
+def _only(method: str, allowed: str) -> None:
+    if method != allowed and not (allowed == "GET" and method == "HEAD"):
+        raise _method_not_allowed(allowed)
+
+
+def _method_not_allowed(allowed: str) -> GatewayError:
+    return GatewayError(405, f"Method not allowed; use {allowed}.", "method_not_allowed", headers={"allow": allowed})
+
+
+async def _error(send: Send, e: GatewayError) -> None:
+    await send_response(send, e.status, e.body(), [(k.encode(), v.encode()) for k, v in e.headers.items()])
+
+
+def create_app(cfg: GatewayConfig, config_path: str | None = None, spawn_engines: bool = True) -> GatewayApp:
+    return GatewayApp(create_state(cfg, config_path), spawn_engines=spawn_engines)

@@ -1,0 +1,219 @@
+"""Forwarding one request to a backend of its pool and relaying the answer.
+
+Steps: take a backend slot (the pool may queue us) -> send the body -> on a connection
+failure or a 502/503 before anything reached the client, try another backend -> relay
+(a stream event by event as it arrives, or a whole JSON body) -> release the slot in
+`finally`, whatever happened. Client disconnects are handled by the caller cancelling
+the task running `forward`; cancellation closes the engine connection, so the engine
+aborts the request and frees its batch slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from . import sse
+from .asgi import RawHeaders, Send
+from .backends import Backend, Pool
+from .context import RequestContext
+from .errors import GatewayError, sse_error_event
+from .upstream import request_headers, response_headers
+
+log = logging.getLogger("gateway.proxy")
+
+_SSE_HEADERS: RawHeaders = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_RETRY_STATUSES = frozenset({502, 503})
+_CONNECT_ERRORS = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+)
+
+# Rewrites applied to each relayed event / non-stream body (model names, reasoning).
+EventRewrite = Callable[[bytes], bytes | None]
+BodyRewrite = Callable[[bytes], bytes]
+ErrorRewrite = Callable[[int, bytes, str | None], tuple[int, bytes]]
+
+
+@dataclass(eq=False)
+class Plan:
+    """How to forward this request: what to send and how to treat what comes back."""
+
+    path: str  # e.g. "/chat/completions", appended to the backend's base URL
+    body: bytes
+    client_headers: RawHeaders
+    strip_usage: bool = False  # we injected include_usage; the client must not see the chunk
+    rewrite_event: EventRewrite | None = None
+    rewrite_body: BodyRewrite | None = None
+    rewrite_error: ErrorRewrite | None = None
+    extra_headers: RawHeaders | None = None  # e.g. rate-limit headers for the client
+
+
+async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContext, plan: Plan, send: Send) -> None:
+    """Forward and relay; raises GatewayError only while nothing has been sent to the client."""
+    tried: set[Backend] = set()
+    last_error: GatewayError | None = None
+    for attempt in range(pool.cfg.retries + 1):
+        backend = await pool.acquire(frozenset(tried))
+        ctx.backend = backend
+        ctx.attempts = attempt + 1
+        try:
+            retry = await _attempt(session, pool, backend, ctx, plan, send)
+        finally:
+            pool.release(backend)
+        if retry is None:
+            return
+        tried.add(backend)
+        last_error = retry
+        log.info("request %s: backend %s failed (%s); %s", ctx.request_id, backend.id, retry.message,
+                 "retrying" if attempt < pool.cfg.retries else "giving up")
+    assert last_error is not None
+    raise last_error
+
+
+async def _attempt(
+    session: aiohttp.ClientSession, pool: Pool, backend: Backend, ctx: RequestContext, plan: Plan, send: Send
+) -> GatewayError | None:
+    """One try on one backend. Returns an error worth retrying elsewhere, or None when done."""
+    t = pool.cfg.timeouts
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=t.connect, sock_read=t.stream_idle if ctx.stream else t.first_byte
+    )
+    headers = request_headers(plan.client_headers, ctx.request_id, backend.api_key)
+    started = time.monotonic()
+    if ctx.upstream_started is None:
+        ctx.upstream_started = started
+    try:
+        async with session.post(backend.url + plan.path, data=plan.body, headers=headers, timeout=timeout) as resp:
+            if resp.status >= 400:
+                body = await resp.read()
+                ctx.upstream_time += time.monotonic() - started
+                if resp.status in _RETRY_STATUSES:
+                    err = _upstream_error(plan, resp.status, body, resp.headers.get("content-type"))
+                    if ctx.attempts <= pool.cfg.retries:
+                        return err
+                    raise err
+                raise _upstream_error(plan, resp.status, body, resp.headers.get("content-type"))
+            is_sse = "text/event-stream" in resp.headers.get("content-type", "")
+            if ctx.stream and is_sse:
+                await _relay_stream(resp, ctx, plan, send, started)
+            else:
+                await _relay_body(resp, ctx, plan, send, started)
+            return None
+    except _CONNECT_ERRORS as e:
+        if ctx.first_byte_at is not None:
+            raise
+        backend.mark_connect_failure(f"{type(e).__name__}: {e}")
+        return GatewayError(502, f"Backend {backend.id} is unreachable: {e}", "upstream_unreachable")
+    except TimeoutError:
+        if ctx.first_byte_at is not None:
+            raise
+        raise GatewayError(
+            504, f"Backend {backend.id} did not answer within {timeout.sock_read:g}s.", "upstream_timeout"
+        ) from None
+
+
+def _upstream_error(plan: Plan, status: int, body: bytes, content_type: str | None) -> GatewayError:
+    if plan.rewrite_error is not None:
+        status, body = plan.rewrite_error(status, body, content_type)
+    return GatewayError(status, f"backend answered {status}", "upstream_error", raw_body=body)
+
+
+async def _relay_body(
+    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, send: Send, started: float
+) -> None:
+    body = await resp.read()
+    ctx.upstream_time += time.monotonic() - started
+    ctx.usage = sse.body_usage(body)
+    if plan.rewrite_body is not None:
+        body = plan.rewrite_body(body)
+    ctx.delivered.append(body)
+    headers = response_headers(resp.headers)
+    headers.append((b"content-type", resp.headers.get("content-type", "application/json").encode("latin-1")))
+    headers.append((b"content-length", str(len(body)).encode()))
+    headers.append((b"x-request-id", ctx.request_id.encode()))
+    if plan.extra_headers:
+        headers.extend(plan.extra_headers)
+    ctx.status = resp.status
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    ctx.first_byte_at = time.monotonic()
+    await send({"type": "http.response.body", "body": body})
+    ctx.completed = True
+
+
+async def _relay_stream(
+    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, send: Send, started: float
+) -> None:
+    headers = response_headers(resp.headers)
+    headers.extend(_SSE_HEADERS)
+    headers.append((b"x-request-id", ctx.request_id.encode()))
+    if plan.extra_headers:
+        headers.extend(plan.extra_headers)
+    framer = sse.EventFramer()
+    rewrite = plan.rewrite_event
+    delivered = ctx.delivered
+    started_body = False
+    try:
+        async for chunk in resp.content.iter_any():
+            out: list[bytes] = []
+            for ev in framer.feed(chunk):
+                if ev.startswith(b"data:") and not sse.is_done(ev):
+                    usage = sse.event_usage(ev)
+                    if usage is not None:
+                        ctx.usage = usage
+                        if plan.strip_usage and sse.is_usage_only(ev):
+                            continue
+                    if rewrite is not None:
+                        new = rewrite(ev)
+                        if new is None:
+                            continue
+                        ev = new
+                    delivered.append(ev)
+                elif sse.is_done(ev):
+                    ctx.completed = True
+                out.append(ev)
+            if not out:
+                continue
+            if not started_body:
+                ctx.status = resp.status
+                await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+                started_body = True
+                ctx.first_byte_at = time.monotonic()
+            await send({"type": "http.response.body", "body": out[0] if len(out) == 1 else b"".join(out), "more_body": True})
+        rest = framer.rest()
+        if not ctx.completed:
+            raise aiohttp.ClientPayloadError("stream ended without [DONE]" + (" (partial event dropped)" if rest else ""))
+    except (aiohttp.ClientError, TimeoutError) as e:
+        # The engine died, stalled past stream_idle, or cut the stream: end it cleanly
+        # with an error event the SDKs understand, never a hang.
+        ctx.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if isinstance(e, TimeoutError):
+            msg = "The backend stopped sending for longer than the stream idle timeout."
+        else:
+            msg = f"The backend failed mid-stream: {ctx.error}"
+        tail = sse_error_event(msg)
+        if not started_body:
+            if ctx.first_byte_at is None and isinstance(e, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+                ctx.upstream_time += time.monotonic() - started
+            ctx.status = resp.status
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            ctx.first_byte_at = time.monotonic()
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        ctx.upstream_time += time.monotonic() - started
+        return
+    ctx.upstream_time += time.monotonic() - started
+    if not started_body:
+        ctx.status = resp.status
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        ctx.first_byte_at = time.monotonic()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
