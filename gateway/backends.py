@@ -117,6 +117,15 @@ class Pool:
         return next((b for b in self.backends if b.id == backend_id), None)
 
     @property
+    def served_default(self) -> str:
+        """The model name to send a backend that has not told us what it serves."""
+        if self.cfg.upstream_model:
+            return self.cfg.upstream_model
+        if self.cfg.spawn and self.cfg.spawn[0].served_names:
+            return self.cfg.spawn[0].served_names[0]
+        return self.name
+
+    @property
     def queued(self) -> int:
         return len(self._waiters)
 
@@ -147,7 +156,8 @@ class Pool:
         entry = (fut, exclude)
         self._waiters.append(entry)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.cfg.queue.timeout)
+            async with asyncio.timeout(self.cfg.queue.timeout):
+                return await fut
         except (TimeoutError, asyncio.CancelledError) as e:
             if fut.done() and not fut.cancelled():
                 self.release(fut.result())  # granted in the same instant we gave up

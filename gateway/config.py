@@ -83,6 +83,9 @@ class HealthConfig(_Model):
     # A single slow probe under load must not eject a backend.
     failure_threshold: int = Field(3, ge=1)
     success_threshold: int = Field(1, ge=1)
+    # A spawned engine whose health check keeps failing this long is restarted (a hung
+    # engine that still holds its port and devices); None: leave it UNHEALTHY.
+    restart_after: float | None = Field(120.0, gt=0)
 
 
 class SpawnConfig(_Model):
@@ -94,6 +97,8 @@ class SpawnConfig(_Model):
     served_names: list[str] | None = None
     args: list[str] = Field(default_factory=list)
     # For engine=command: the argv, with {port}, {host}, {model}, {served_name} substituted.
+    # For the other engines: replaces the program part of the launch (e.g.
+    # ["/opt/sglang/bin/python", "-m", "sglang.launch_server"] instead of python3 -m ...).
     command: list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)
     unset_env: list[str] = Field(default_factory=list)
@@ -156,6 +161,9 @@ class PoolConfig(_Model):
     endpoints: list[str] = Field(default_factory=list)
     spawn: list[SpawnConfig] = Field(default_factory=list)
     api_key: str | None = None
+    # The name engines of this pool serve, if it is neither the pool name nor discoverable
+    # from their /v1/models (the gateway asks external endpoints at start-up).
+    upstream_model: str | None = None
     max_concurrency: int = Field(64, ge=1)
     balancer: BalancerName = "least_outstanding"
     queue: QueueConfig = Field(default_factory=QueueConfig)
@@ -210,6 +218,8 @@ class EnginesConfig(_Model):
     restart_backoff_initial: float = Field(1.0, gt=0)
     restart_backoff_max: float = Field(300.0, gt=0)
     restart_stable_seconds: float = Field(60.0, gt=0)
+    # Probing of external `endpoints:`; path None means GET {endpoint}/models.
+    endpoint_health: HealthConfig = Field(default_factory=HealthConfig)
 
     @field_validator("gpus", mode="before")
     @classmethod

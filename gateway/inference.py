@@ -133,7 +133,7 @@ def describe(ctx: RequestContext, scope: Scope, pool: Pool, body: dict[str, Any]
 def make_plan(
     state: GatewayState, ctx: RequestContext, pool: Pool, raw: bytes, body: dict[str, Any], path: str, scope: Scope
 ) -> Plan:
-    plan = Plan(path=path, body=raw, client_headers=scope["headers"])
+    plan = Plan(path=path, body=raw, parsed=body, client_headers=scope["headers"], served_default=pool.served_default)
     if ctx.stream and not ctx.include_usage_requested:
         # Meter streams exactly: ask the engine for its usage chunk, hide it from the client.
         plan.body = with_include_usage(raw, body)

@@ -14,12 +14,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
 from . import sse
 from .asgi import RawHeaders, Send
 from .backends import Backend, Pool
+from .bodyedit import request_for_backend
 from .context import RequestContext
 from .errors import GatewayError, sse_error_event
 from .upstream import request_headers, response_headers
@@ -31,6 +33,7 @@ _SSE_HEADERS: RawHeaders = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+_SSE_HEADER_NAMES = frozenset(k for k, _ in _SSE_HEADERS)
 _RETRY_STATUSES = frozenset({502, 503})
 _CONNECT_ERRORS = (
     aiohttp.ClientConnectorError,
@@ -50,7 +53,10 @@ class Plan:
 
     path: str  # e.g. "/chat/completions", appended to the backend's base URL
     body: bytes
+    parsed: dict[str, Any]  # the client's body, parsed (read-only)
     client_headers: RawHeaders
+    # The model name engines of this pool serve, when a backend has not told us its own.
+    served_default: str
     strip_usage: bool = False  # we injected include_usage; the client must not see the chunk
     rewrite_event: EventRewrite | None = None
     rewrite_body: BodyRewrite | None = None
@@ -89,11 +95,12 @@ async def _attempt(
         total=None, sock_connect=t.connect, sock_read=t.stream_idle if ctx.stream else t.first_byte
     )
     headers = request_headers(plan.client_headers, ctx.request_id, backend.api_key)
+    body = request_for_backend(plan.body, plan.parsed, backend.served_model or plan.served_default)
     started = time.monotonic()
     if ctx.upstream_started is None:
         ctx.upstream_started = started
     try:
-        async with session.post(backend.url + plan.path, data=plan.body, headers=headers, timeout=timeout) as resp:
+        async with session.post(backend.url + plan.path, data=body, headers=headers, timeout=timeout) as resp:
             if resp.status >= 400:
                 body = await resp.read()
                 ctx.upstream_time += time.monotonic() - started
@@ -153,7 +160,7 @@ async def _relay_body(
 async def _relay_stream(
     resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, send: Send, started: float
 ) -> None:
-    headers = response_headers(resp.headers)
+    headers = [h for h in response_headers(resp.headers) if h[0] not in _SSE_HEADER_NAMES]
     headers.extend(_SSE_HEADERS)
     headers.append((b"x-request-id", ctx.request_id.encode()))
     if plan.extra_headers:

@@ -12,27 +12,9 @@ from typing import Any
 import orjson
 
 from .backends import Pool
+from .bodyedit import replace_model
 from .context import RequestContext
 from .proxy import Plan
-
-_MODEL_KEYS = (b'"model":"', b'"model": "')
-
-
-def replace_model(data: bytes, name: bytes) -> bytes:
-    """Put `name` (JSON-escaped, no quotes) in the first `"model"` field of a JSON text.
-
-    Inside JSON strings every quote is escaped, so the unescaped `"model":"` pattern only
-    matches a real key; engines emit `model` before `choices`, so the first is top-level.
-    """
-    for marker in _MODEL_KEYS:
-        i = data.find(marker)
-        if i >= 0:
-            j = i + len(marker)
-            k = data.find(b'"', j)
-            if k < 0 or data[j:k] == name:
-                return data
-            return data[:j] + name + data[k:]
-    return data
 
 
 def apply(plan: Plan, pool: Pool, ctx: RequestContext, body: dict[str, Any]) -> None:

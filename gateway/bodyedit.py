@@ -1,0 +1,45 @@
+"""Byte-level edits of JSON bodies, for the few fields the gateway must change.
+
+Re-encoding a whole request or response costs far more than a `find` and a slice, and
+would reorder or reformat what the client or engine sent; these helpers change one
+value and leave every other byte alone, falling back to a re-encode only when a byte
+edit could hit the wrong place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+_MODEL_KEYS = (b'"model":"', b'"model": "')
+
+
+def replace_model(data: bytes, name: bytes) -> bytes:
+    """Put `name` (JSON-escaped, no quotes) in the first `"model"` field of a JSON text.
+
+    Inside JSON strings every quote is escaped, so the unescaped `"model":"` pattern only
+    matches a real key; engines emit `model` before `choices`, so the first is top-level.
+    """
+    for marker in _MODEL_KEYS:
+        i = data.find(marker)
+        if i >= 0:
+            j = i + len(marker)
+            k = data.find(b'"', j)
+            if k < 0 or data[j:k] == name:
+                return data
+            return data[:j] + name + data[k:]
+    return data
+
+
+def request_for_backend(raw: bytes, body: dict[str, Any], served: str) -> bytes:
+    """The request body with `model` set to the name the chosen engine serves."""
+    if body.get("model") == served:
+        return raw
+    name = orjson.dumps(served)[1:-1]
+    if raw.count(b'"model"') == 1:
+        return replace_model(raw, name)
+    # Several "model" keys (nested objects): only a re-encode is certain to hit the right one.
+    return orjson.dumps({**body, "model": served})
+
+

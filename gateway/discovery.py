@@ -1,0 +1,55 @@
+"""What an external engine serves: its model name and context length, from `GET /v1/models`.
+
+Engines reject requests for names they do not serve (vLLM answers 404), so the gateway
+must send each backend the name *it* serves, whatever alias the client used. Spawned
+engines' names come from their config; external ones are asked here, in the background,
+so the gateway never waits on an engine to list its own models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+
+from .backends import Backend
+
+log = logging.getLogger("gateway.discovery")
+
+
+async def discover(session: aiohttp.ClientSession, backend: Backend, wait: float = 5.0) -> bool:
+    """Fill `backend.served_model` (and `extra["max_model_len"]`) from the engine's model list."""
+    headers = {"authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
+    try:
+        async with session.get(backend.url + "/models", headers=headers,
+                               timeout=aiohttp.ClientTimeout(total=wait)) as r:
+            if r.status != 200:
+                return False
+            data: Any = await r.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
+    cards = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(cards, list) or not cards or not isinstance(cards[0], dict):
+        return False
+    first = cards[0]
+    if isinstance(first.get("id"), str):
+        backend.served_model = first["id"]
+    mml = first.get("max_model_len") or (first.get("meta") or {}).get("n_ctx_train")
+    if isinstance(mml, int):
+        backend.extra["max_model_len"] = mml
+    return True
+
+
+async def discover_until_known(session: aiohttp.ClientSession, backend: Backend, stop: asyncio.Event) -> None:
+    """Retry discovery with backoff until it succeeds or `stop` is set (engine may be down)."""
+    delay = 0.5
+    while not stop.is_set() and backend.served_model is None:
+        if await discover(session, backend):
+            log.info("backend %s serves %r", backend.id, backend.served_model)
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            delay = min(delay * 2, 30.0)

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = """
+auth: {mode: none}
+"""
+
+
+def err(text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(config.ConfigError) as e:
+        config.loads(text, env or {})
+    return str(e.value)
+
+
+def test_flat_engine_shorthand_error_names_the_place_as_written() -> None:
+    msg = err(BASE + "pools:\n  qwen3-32b: {engine: vllm, model: /m, replicas: 0}\n")
+    assert msg == "pools.qwen3-32b.replicas: must be >= 1"
+
+
+def test_unknown_setting_is_rejected_with_its_path() -> None:
+    msg = err(BASE + "pools:\n  p: {endpoints: [http://h:1/v1], max_concurency: 3}\n")
+    assert "pools.p.max_concurency: unknown setting" in msg
+
+
+def test_pool_without_backends_and_bad_url() -> None:
+    assert "a pool needs" in err(BASE + "pools:\n  p: {kind: chat}\n")
+    assert "is not an http(s) URL" in err(BASE + "pools:\n  p: {endpoints: [ftp://x]}\n")
+
+
+def test_alias_clash_between_pools() -> None:
+    msg = err(BASE + "pools:\n  a: {endpoints: [http://h:1/v1], aliases: [x]}\n  b: {endpoints: [http://h:2/v1], aliases: [x]}\n")
+    assert "pools.b.aliases: 'x' is already used by pool 'a'" in msg
+
+
+def test_env_interpolation_and_missing_variable() -> None:
+    cfg = config.loads(BASE + "pools:\n  p: {endpoints: [http://h:1/v1], api_key: '${K}'}\n", {"K": "s3cret"})
+    assert cfg.pools["p"].api_key == "s3cret"
+    cfg = config.loads(BASE + "pools:\n  p: {endpoints: [http://h:1/v1], api_key: '${K:-dflt}'}\n", {})
+    assert cfg.pools["p"].api_key == "dflt"
+    assert "environment variables not set: K" in err(BASE + "pools:\n  p: {endpoints: ['${K}']}\n")
+
+
+def test_gpu_inventory_exhaustion_is_refused() -> None:
+    text = """
+auth: {mode: none}
+engines: {gpus: [0, 1, 2]}
+pools:
+  big: {engine: vllm, model: /m, replicas: 2, gpus_per_replica: 2}
+"""
+    msg = err(text)
+    assert "engines.gpus: pools ask for 4 devices" in msg and "inventory has 3" in msg
+
+
+def test_keys_mode_needs_keys_or_explicit_none() -> None:
+    assert "set `mode: none` explicitly" in err("pools:\n  p: {endpoints: [http://h:1/v1]}\n")
+    assert "must be 64 hex characters" in err("auth: {keys: [{name: a, key_sha256: abc}]}\n")
+
+
+def test_invalid_yaml_and_non_mapping() -> None:
+    assert "invalid YAML" in err("pools: [unclosed\n")
+    assert "mapping" in err("- a\n- b\n")
+
+
+def test_args_become_strings_json_values_kept() -> None:
+    cfg = config.loads(BASE + "pools:\n  p: {engine: vllm, model: /m, args: [--x, 5, --cc, {level: 3}]}\n")
+    assert cfg.pools["p"].spawn[0].args == ["--x", "5", "--cc", '{"level":3}']
+
+
+def test_check_command_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE + "pools:\n  qwen3-32b: {engine: vllm, model: /m, replicas: 0}\n")
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "check", "--config", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "pools.qwen3-32b.replicas: must be >= 1" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "check", "--config", str(ROOT / "config/demo.yaml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "ok (4 pools" in r.stdout
