@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--port", type=int, default=8000, help="port to bind (0 = any free port; logged)")
     g.add_argument("--served-model-name", nargs="+", default=["sim-model"], dest="served_model_name",
                    help="model names accepted in requests; responses always carry the first")
-    g.add_argument("--model", default="", help="model path shown as `root` in /v1/models (default: first served name)")
+    g.add_argument("--model", default="", help="model path shown as `root` in /v1/models; empty = the first served name")
     g.add_argument("--max-num-seqs", type=_positive_int, default=256,
                    help="requests generating at once; the rest wait FIFO")
     g.add_argument("--max-model-len", type=_positive_int, default=4096, help="context length (prompt + output)")

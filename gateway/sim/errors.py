@@ -1,0 +1,56 @@
+"""vLLM-shaped error bodies: {"error": {"message", "type", "param", "code": <int status>}}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+# vLLM names most errors after the HTTP status; these are the ones clients see.
+_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    408: "RequestTimeoutError",
+    409: "ConflictError",
+    413: "RequestEntityTooLargeError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    501: "NotImplementedError",
+    502: "BadGatewayError",
+    503: "ServiceUnavailableError",
+    504: "GatewayTimeoutError",
+}
+
+
+def error_type(status: int) -> str:
+    if status in _TYPES:
+        return _TYPES[status]
+    return "BadRequestError" if status < 500 else "InternalServerError"
+
+
+class ApiError(Exception):
+    """Raised by validation and handlers; rendered as a vLLM error response."""
+
+    def __init__(self, status: int, message: str, type_: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_ or error_type(status)
+        self.param = param
+
+    def body(self) -> bytes:
+        return error_body(self.status, self.message, self.type, self.param)
+
+
+def error_body(status: int, message: str, type_: str | None = None, param: str | None = None) -> bytes:
+    err: dict[str, Any] = {"message": message, "type": type_ or error_type(status), "param": param,
+                           "code": status}
+    return orjson.dumps({"error": err})
+
+
+def bad_request(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, "BadRequestError", param)

@@ -1,0 +1,294 @@
+"""Chat and legacy completions: plan the output, hold a batch slot for the simulated time,
+and answer in vLLM's JSON or SSE shapes.
+
+Timing: TTFT = queue wait + ttft + prefill_ms_per_token * prompt_tokens; then one
+step per ITL (times the batch slowdown, with jitter). Deadlines are absolute, so
+timer lateness does not accumulate over long streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import orjson
+
+from gateway.sim import textgen
+from gateway.sim.http import Connection, Request
+from gateway.sim.protocol import GenRequest
+from gateway.sim.state import SimState
+from gateway.sim.textgen import ChoicePlan
+
+_DONE = b"data: [DONE]\n\n"
+
+
+def _header_ms(req: Request, name: str, default: float) -> float:
+    raw = req.headers.get(name)
+    if raw is None:
+        return default
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return default
+
+
+def _pick_tool(req: GenRequest) -> dict[str, Any] | None:
+    if not req.tools or req.tool_choice == "none":
+        return None
+    choice = req.tool_choice
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        wanted = choice["function"].get("name")
+        for tool in req.tools:
+            if tool["function"].get("name") == wanted:
+                return tool
+    return req.tools[0]
+
+
+def build_plans(st: SimState, req: GenRequest, http: Request) -> list[ChoicePlan]:
+    """One plan per choice; choice index = prompt index * n + j, as vLLM numbers them."""
+    cfg = st.cfg
+    tool = _pick_tool(req) if req.kind == "chat" and cfg.tool_call_mode == "always" else None
+    reasoning = cfg.reasoning if req.kind == "chat" else "none"
+    forced_split = http.headers.get("x-sim-think-split")
+    plans: list[ChoicePlan] = []
+    for prompt in req.prompts:
+        room = cfg.max_model_len - prompt.tokens
+        if forced_split in ("split", "merged"):
+            split = forced_split == "split"
+        else:
+            split = textgen.stable_hash(cfg.seed, prompt.key, "think-split") % 2 == 0
+        for j in range(req.n):
+            key = textgen.stable_hash(cfg.seed, prompt.key, j)
+            if req.max_tokens is None:
+                natural = cfg.output_tokens or textgen.natural_length(key)
+                limit = room
+            else:
+                natural = textgen.natural_length(key)
+                limit = min(req.max_tokens, room)
+            if tool is not None:
+                call_id = "chatcmpl-tool-" + os.urandom(16).hex()
+                plans.append(textgen.plan_tool_call(key, tool, limit, call_id))
+            else:
+                plans.append(textgen.plan_text(key, limit, natural, req.stop, reasoning, split))
+    return plans
+
+
+def _usage(prompt_tokens: int, plans: list[ChoicePlan]) -> dict[str, Any]:
+    completion = sum(p.completion_tokens for p in plans)
+    return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion,
+            "completion_tokens": completion, "prompt_tokens_details": None}
+
+
+class Generation:
+    """One chat/completions request in flight."""
+
+    def __init__(self, st: SimState, req: GenRequest, http: Request, conn: Connection) -> None:
+        self.st = st
+        self.req = req
+        self.conn = conn
+        self.plans = build_plans(st, req, http)
+        self.chat = req.kind == "chat"
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + os.urandom(16).hex()
+        self.created = int(time.time())
+        cfg = st.cfg
+        self.ttft_s = (_header_ms(http, "x-sim-ttft-ms", cfg.ttft_ms)
+                       + cfg.prefill_ms_per_token * req.prompt_tokens) / 1000.0
+        self.itl_s = _header_ms(http, "x-sim-itl-ms", cfg.itl_ms) / 1000.0
+        self.steps = max((p.steps for p in self.plans), default=0)
+        self.loop = asyncio.get_running_loop()
+        self.t_arrive = self.loop.time()
+
+    # ---- accounting -------------------------------------------------------------
+    def _prefilled(self) -> None:
+        m = self.st.metrics
+        m.prompt_tokens += self.req.prompt_tokens
+        m.ttft.observe(self.loop.time() - self.t_arrive)
+
+    def _done(self, reasons: list[str]) -> None:
+        self.st.metrics.finished(reasons, self.loop.time() - self.t_arrive)
+
+    # ---- non-stream -----------------------------------------------------------------
+    async def run_unary(self) -> None:
+        st, sched = self.st, self.st.sched
+        acquired = finished = False
+        ttft = itl = 0.0
+        t0 = self.t_arrive
+        try:
+            await sched.acquire()
+            acquired = True
+            t0 = self.loop.time()
+            ttft = sched.jittered(self.ttft_s)
+            itl = self.itl_s * sched.slowdown()
+            if sched.jitter > 0.0:
+                total = ttft + sum(sched.jittered(itl) for _ in range(max(0, self.steps - 1)))
+            else:
+                total = ttft + itl * max(0, self.steps - 1)
+            if total > 0.0:
+                await asyncio.sleep(total)
+            finished = True
+        finally:
+            if acquired:
+                sched.release()
+                if not finished:  # aborted mid-generation: count what had been produced by now
+                    elapsed = self.loop.time() - t0
+                    if elapsed >= ttft:
+                        k = self.steps if itl <= 0.0 else 1 + int((elapsed - ttft) / itl)
+                        st.metrics.generation_tokens += sum(p.tokens_in_first(k) for p in self.plans)
+                        st.metrics.prompt_tokens += self.req.prompt_tokens
+                        st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
+            if not finished:
+                self._done(["abort"] * len(self.plans))
+        st.metrics.prompt_tokens += self.req.prompt_tokens
+        st.metrics.generation_tokens += sum(p.completion_tokens for p in self.plans)
+        st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
+        self._done([p.finish_reason for p in self.plans])
+        self.conn.send(200, orjson.dumps(self._unary_body()))
+
+    def _unary_body(self) -> dict[str, Any]:
+        choices: list[dict[str, Any]] = []
+        for i, plan in enumerate(self.plans):
+            if self.chat:
+                choices.append({"index": i, "message": self._message(plan), "logprobs": None,
+                                "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason})
+            else:
+                text = plan.text("content") or ""
+                if self.req.echo:
+                    text = (self.req.prompts[i // self.req.n].text or "") + text
+                choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": plan.finish_reason,
+                                "stop_reason": plan.stop_reason, "prompt_logprobs": None})
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.st.cfg.model_name, "choices": choices,
+                "usage": _usage(self.req.prompt_tokens, self.plans), "system_fingerprint": None}
+
+    def _message(self, plan: ChoicePlan) -> dict[str, Any]:
+        if plan.tool_call is not None:
+            call = plan.tool_call
+            return {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]}
+        cfg = self.st.cfg
+        content = plan.text("content")
+        msg: dict[str, Any] = {"role": "assistant"}
+        if cfg.reasoning == "field":
+            msg["content"] = content  # None when the budget ran out while reasoning, as vLLM
+            reasoning = plan.text("reasoning")
+            for name in _reasoning_fields(cfg.reasoning_field):
+                msg[name] = reasoning
+        else:
+            msg["content"] = content or ""
+        msg["tool_calls"] = []
+        return msg
+
+    # ---- stream -------------------------------------------------------------------------
+    async def run_stream(self) -> None:
+        st, sched, conn = self.st, self.st.sched, self.conn
+        head = orjson.dumps({"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                             "created": self.created, "model": st.cfg.model_name})[:-1] + b',"choices":['
+        self._head = head
+        self._tail = b'],"usage":null}\n\n' if self.req.include_usage else b"]}\n\n"
+        conn.start_stream()  # headers go out at once, as vLLM's StreamingResponse does
+        acquired = finished = False
+        try:
+            await sched.acquire()
+            acquired = True
+            deadline = self.loop.time() + sched.jittered(self.ttft_s)
+            await self._sleep_until(deadline)
+            self._prefilled()
+            await self._emit_steps(deadline)
+            events: list[bytes] = []
+            if self.req.include_usage:
+                events.append(b"data: " + head + b'],"usage":' + orjson.dumps(_usage(self.req.prompt_tokens, self.plans))
+                              + b"}\n\n")
+            events.append(_DONE)
+            conn.write_chunk(b"".join(events))
+            conn.end_stream()
+            finished = True
+        finally:
+            if acquired:
+                sched.release()
+            self._done([p.finish_reason for p in self.plans] if finished else ["abort"] * len(self.plans))
+
+    async def _emit_steps(self, deadline: float) -> None:
+        st, conn, plans = self.st, self.conn, self.plans
+        faults = st.cfg.faults
+        echo = [p.text or "" for p in self.req.prompts for _ in range(self.req.n)] if self.req.echo else None
+        events: list[bytes] = []
+        if self.chat:
+            for i in range(len(plans)):
+                events.append(self._event({"index": i, "delta": {"role": "assistant", "content": ""},
+                                           "logprobs": None, "finish_reason": None}))
+        for i, plan in enumerate(plans):
+            if plan.steps == 0:
+                events.append(self._finish_event(i, plan, echo))
+        sent = 0
+        for step in range(self.steps):
+            for i, plan in enumerate(plans):
+                if step >= plan.steps:
+                    continue
+                stall = faults.stall_after_tokens
+                if stall is not None and sent >= stall:
+                    conn.write_chunk(b"".join(events))
+                    await asyncio.Event().wait()  # hung engine: hold the slot until the client leaves
+                events.append(self._delta_event(i, plan, step, echo))
+                sent += 1
+                st.metrics.generation_tokens += plan.step_tokens(step)  # counted as sent: aborts keep them
+                if step == plan.steps - 1:
+                    events.append(self._finish_event(i, plan, None))
+                crash = faults.crash_after_tokens
+                if crash is not None and sent >= crash:
+                    conn.write_chunk(b"".join(events))
+                    st.crash(conn, f"crash_after_tokens={crash}")
+                    await asyncio.Event().wait()
+            if step < self.steps - 1:
+                deadline += st.sched.jittered(self.itl_s * st.sched.slowdown())
+                if deadline <= self.loop.time() and len(events) < 64:
+                    continue  # zero/overdue ITL: coalesce events into one write, as they are "produced" now
+            conn.write_chunk(b"".join(events))
+            events = []
+            await conn.drain()
+            await self._sleep_until(deadline)
+        if events:
+            conn.write_chunk(b"".join(events))
+
+    async def _sleep_until(self, deadline: float) -> None:
+        delay = deadline - self.loop.time()
+        if delay > 0.0:
+            await asyncio.sleep(delay)
+
+    def _event(self, choice: dict[str, Any]) -> bytes:
+        return b"data: " + self._head + orjson.dumps(choice) + self._tail
+
+    def _delta_event(self, i: int, plan: ChoicePlan, step: int, echo: list[str] | None) -> bytes:
+        if not self.chat:
+            text = plan.deltas[step][1]
+            if echo is not None and step == 0:
+                text = echo[i] + text
+            return self._event({"index": i, "text": text, "logprobs": None, "finish_reason": None,
+                                "stop_reason": None})
+        call = plan.tool_call
+        if call is not None:
+            if step == 0:
+                tc: dict[str, Any] = {"index": 0, "id": call.id, "type": "function",
+                                      "function": {"name": call.name, "arguments": ""}}
+            else:
+                tc = {"index": 0, "function": {"arguments": call.argument_pieces[step - 1]}}
+            delta: dict[str, Any] = {"tool_calls": [tc]}
+        else:
+            kind, text, _ = plan.deltas[step]
+            if kind == "reasoning":
+                delta = dict.fromkeys(_reasoning_fields(self.st.cfg.reasoning_field), text)
+            else:
+                delta = {"content": text}
+        return self._event({"index": i, "delta": delta, "logprobs": None, "finish_reason": None})
+
+    def _finish_event(self, i: int, plan: ChoicePlan, echo: list[str] | None) -> bytes:
+        if self.chat:
+            return self._event({"index": i, "delta": {}, "logprobs": None, "finish_reason": plan.finish_reason,
+                                "stop_reason": plan.stop_reason})
+        return self._event({"index": i, "text": echo[i] if echo is not None else "", "logprobs": None,
+                            "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason})
+
+
+def _reasoning_fields(setting: str) -> tuple[str, ...]:
+    return ("reasoning", "reasoning_content") if setting == "both" else (setting,)
