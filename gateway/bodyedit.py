@@ -25,11 +25,26 @@ def replace_model(data: bytes, name: bytes) -> bytes:
         i = data.find(marker)
         if i >= 0:
             j = i + len(marker)
-            k = data.find(b'"', j)
+            k = _string_end(data, j)
             if k < 0 or data[j:k] == name:
                 return data
             return data[:j] + name + data[k:]
     return data
+
+
+def _string_end(data: bytes, start: int) -> int:
+    """Index of the quote closing the JSON string whose content starts at `start`, or -1."""
+    k = data.find(b'"', start)
+    while k >= 0:
+        backslashes = 0
+        m = k - 1
+        while m >= start and data[m] == 0x5C:  # backslash
+            backslashes += 1
+            m -= 1
+        if backslashes % 2 == 0:
+            return k
+        k = data.find(b'"', k + 1)
+    return -1
 
 
 def request_for_backend(raw: bytes, body: dict[str, Any], served: str) -> bytes:

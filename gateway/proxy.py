@@ -61,6 +61,7 @@ class Plan:
     rewrite_event: EventRewrite | None = None
     rewrite_body: BodyRewrite | None = None
     rewrite_error: ErrorRewrite | None = None
+    before_done: Callable[[], bytes] | None = None  # events to flush before `data: [DONE]`
     extra_headers: RawHeaders | None = None  # e.g. rate-limit headers for the client
 
 
@@ -187,6 +188,11 @@ async def _relay_stream(
                     delivered.append(ev)
                 elif sse.is_done(ev):
                     ctx.completed = True
+                    if plan.before_done is not None:
+                        held = plan.before_done()
+                        if held:
+                            delivered.append(held)
+                            out.append(held)
                 out.append(ev)
             if not out:
                 continue
