@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Open WebUI end to end through the gateway, in a real (headless) browser.
 #
-#   scripts/e2e_openwebui.sh install   # one-off: Open WebUI + Playwright into var/e2e/venv (~6 min, ~3 GB)
-#   scripts/e2e_openwebui.sh run       # gateway (demo config) + Open WebUI + Chromium, ~2-4 min
+#   scripts/e2e_openwebui.sh install   # one-off: Open WebUI + Playwright into var/e2e/venv (2-6 min, ~3.1 GB)
+#   scripts/e2e_openwebui.sh run       # gateway (demo config) + Open WebUI + Chromium, ~1-3 min
 #   scripts/e2e_openwebui.sh           # both (install is skipped when already done)
+#   scripts/e2e_openwebui.sh run --gateway-url http://127.0.0.1:8000   # a gateway already running
+#   (after `run`, arguments go to the driver: scripts/e2e_openwebui.py --help)
 #
 # Cost: the install downloads Open WebUI 0.12.x and its dependencies from PyPI
-# (~6 min, ~2.9 GB in var/e2e/venv; torch comes from the local CPU wheel, without
-# it pip would pull several GB of CUDA packages). A run takes ~2-4 min on 2 cores,
-# most of it Open WebUI's first start; every step is bounded (E2E_TIMEOUT, default
-# 900 s, for the whole run). Too slow and heavy for CI: run it by hand.
+# (2-6 min depending on the network, ~3.1 GB in var/e2e/venv; torch comes from the
+# local CPU wheel, without it pip would pull several GB of CUDA packages). A run takes
+# ~1-3 min on 2 cores, most of it Open WebUI's first start; every step is bounded
+# (E2E_TIMEOUT, default 900 s, for the whole run). Too heavy for CI: run it by hand.
 #
 # Everything lives under var/e2e/ (git-ignored): the venv, a fresh Open WebUI
 # DATA_DIR and working directory per run, logs. Screenshots go to docs/screenshots/.
@@ -100,7 +102,9 @@ do_run() {
     ensure_chromium
     mkdir -p "$ROOT/docs/screenshots" "$E2E_DIR"
     log "running the driver (bounded to ${E2E_TIMEOUT}s); log: $E2E_DIR/e2e.log"
-    # timeout sends SIGTERM first: the driver traps it and stops its children by PID.
+    # timeout sends SIGTERM first: the driver turns it into SystemExit and stops its
+    # children by PID. timeout runs in its own process group, so Ctrl-C at the terminal
+    # would not reach it: the trap forwards INT/TERM to it (it relays them to the driver).
     timeout --kill-after=30 "$E2E_TIMEOUT" "$VENV/bin/python" "$ROOT/scripts/e2e_openwebui.py" \
         --root "$ROOT" \
         --work-dir "$E2E_DIR" \
@@ -108,15 +112,25 @@ do_run() {
         --open-webui "$VENV/bin/open-webui" \
         --chromium "$CHROMIUM" \
         --screenshots "$ROOT/docs/screenshots" \
-        --deadline "$((E2E_TIMEOUT - 20))" \
-        2>&1 | tee "$E2E_DIR/e2e.log"
-    return "${PIPESTATUS[0]}"
+        --deadline "$((E2E_TIMEOUT - 60))" \
+        "$@" > >(tee "$E2E_DIR/e2e.log") 2>&1 &
+    local pid=$! rc=0
+    trap 'kill -TERM "$pid" 2>/dev/null || true' INT TERM
+    wait "$pid" || rc=$?
+    # A trapped signal interrupts `wait`: wait again until the driver has cleaned up.
+    while kill -0 "$pid" 2>/dev/null; do
+        rc=0
+        wait "$pid" || rc=$?
+    done
+    trap - INT TERM
+    log "driver exit status $rc (0 pass, 1 a check failed, 2 set-up failed, 124 timed out)"
+    return "$rc"
 }
 
 case "${1:-all}" in
     install) do_install ;;
-    run) do_run ;;
+    run) shift; do_run "$@" ;;
     all) do_install && do_run ;;
-    -h | --help) sed -n '2,19p' "$0" ;;
+    -h | --help) sed -n '2,21p' "$0" ;;
     *) echo "usage: $0 [install|run|all]" >&2; exit 2 ;;
 esac
