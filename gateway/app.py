@@ -159,7 +159,8 @@ class GatewayApp:
             s.extras["keystore"] = await keystore_cls.start(cfg, s.keyring)
         if s.keyring.mode == "none":
             log.warning("auth.mode is `none`: every client is served without a key")
-        if self.spawn_engines and any(p.spawn for p in cfg.pools.values()):
+        # The supervisor also health-probes external endpoints, so it runs for every config.
+        if self.spawn_engines:
             from .engines.supervisor import Supervisor
 
             s.supervisor = Supervisor(s)

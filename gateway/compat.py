@@ -10,7 +10,6 @@ and `tool_calls` deltas pass through untouched (nothing below rewrites them).
 from __future__ import annotations
 
 import base64
-import json
 import re
 import sys
 from array import array

@@ -1,0 +1,86 @@
+"""Health probes for external endpoints (engines the gateway did not start).
+
+An endpoint starts READY (it was configured, so presume it serves) and moves between
+READY and UNHEALTHY by the thresholds of `engines.endpoint_health`. There is no process
+to restart: an UNHEALTHY endpoint simply gets no traffic until its probes pass again.
+Default probe: GET {endpoint}/models, which every OpenAI-compatible server answers; a
+configured `path` is taken from the server root (the URL without its trailing /v1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from ..backends import Backend, BackendState, Pool
+from ..config import HealthConfig
+from . import health
+
+log = logging.getLogger("gateway.engines")
+
+
+def probe_target(backend: Backend, cfg: HealthConfig) -> health.ProbeTarget:
+    models = backend.url + "/models"
+    if cfg.path is None:
+        url = models
+    else:
+        root = backend.url[: -len("/v1")] if backend.url.endswith("/v1") else backend.url
+        url = root + cfg.path
+    return health.ProbeTarget(health_url=url, models_url=models, headers=health.auth_headers(backend.api_key))
+
+
+class EndpointProbe:
+    def __init__(
+        self,
+        backend: Backend,
+        pool: Pool,
+        cfg: HealthConfig,
+        session: Callable[[], aiohttp.ClientSession],
+        on_change: Callable[[], None],
+    ) -> None:
+        self.backend = backend
+        self.pool = pool
+        self.cfg = cfg
+        self._session = session
+        self._on_change = on_change
+        self.ready_since: float | None = time.monotonic() if backend.state is BackendState.READY else None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            health.monitor(
+                self._session(),
+                probe_target(self.backend, self.cfg),
+                self.backend,
+                self.cfg,
+                self._on_verdict,
+                healthy=self.backend.state is BackendState.READY,
+            ),
+            name=f"probe {self.backend.id}",
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _on_verdict(self, ok: bool, detail: str) -> None:
+        b = self.backend
+        old = b.state
+        if ok and old is BackendState.UNHEALTHY:
+            b.state = BackendState.READY
+            self.ready_since = time.monotonic()
+            log.info("%s: unhealthy -> ready (probe passing again)", b.id)
+            self.pool.wake()
+        elif not ok and old is BackendState.READY:
+            b.state = BackendState.UNHEALTHY
+            b.last_error = f"health check failing: {detail}"
+            self.ready_since = None
+            log.warning("%s: ready -> unhealthy (%s)", b.id, detail)
+        else:
+            return
+        self._on_change()

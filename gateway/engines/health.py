@@ -1,0 +1,174 @@
+"""Health: readiness polling at start-up, runtime probes with thresholds, queue metrics.
+
+All probing uses the supervisor's own aiohttp session (small, separate from the proxy's
+pool) so probes never queue behind proxied traffic and a busy pool cannot starve them.
+
+What blocks:
+- `wait_ready` returns once the engine answers its health path with 200 AND its
+  `/v1/models` lists the served name; it raises `NotReady` at the deadline, or at once if
+  the engine answers with a different model list (a misconfiguration, not a slow load).
+- `monitor` never returns; it calls `on_verdict(ok, detail)` each time the failure or
+  success threshold is crossed, and scrapes queue gauges after each good probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from ..backends import Backend
+from ..config import HealthConfig
+
+# Start-up polls start fast (a sim is up in 0.3 s) and slow down for engines loading for minutes.
+READY_POLL_FIRST = 0.1
+READY_POLL_MAX = 2.0
+
+
+class NotReady(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    health_url: str
+    models_url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    metrics_url: str | None = None
+    metric_running: str | None = None
+    metric_waiting: str | None = None
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+async def get(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], seconds: float
+) -> tuple[int | None, bytes, str]:
+    """(status, body, problem). status None when the request itself failed."""
+    try:
+        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=seconds)) as r:
+            body = await r.read()
+            return r.status, body, "" if r.status == 200 else f"HTTP {r.status}"
+    except TimeoutError:
+        return None, b"", f"no answer within {seconds:g}s"
+    except aiohttp.ClientError as e:
+        return None, b"", type(e).__name__ + (f": {e}" if str(e) else "")
+
+
+def model_ids(body: bytes) -> list[str] | None:
+    import orjson
+
+    try:
+        data = orjson.loads(body)
+        return [str(m["id"]) for m in data["data"]]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+async def wait_ready(session: aiohttp.ClientSession, target: ProbeTarget, served: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    delay = READY_POLL_FIRST
+    last = "no answer yet"
+    while True:
+        per_try = max(0.5, min(5.0, deadline - time.monotonic()))
+        status, _, problem = await get(session, target.health_url, target.headers, per_try)
+        if status == 200:
+            status, body, problem = await get(session, target.models_url, target.headers, per_try)
+            ids = model_ids(body) if status == 200 else None
+            if ids is not None:
+                if served in ids:
+                    return
+                raise NotReady(
+                    f"the engine is up but /v1/models lists {ids}, not {served!r} (check --served-model-name)"
+                )
+            last = f"/v1/models: {problem or 'not a model list'}"
+        else:
+            last = f"{target.health_url.rsplit('/', 1)[-1] or 'health'}: {problem}"
+        if time.monotonic() + delay >= deadline:
+            raise NotReady(f"not ready after {within:g}s (last check: {last})")
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, READY_POLL_MAX)
+
+
+class ProbeCounter:
+    """Consecutive-result thresholds: one slow probe under load must not eject a backend."""
+
+    def __init__(self, failure_threshold: int, success_threshold: int, healthy: bool = True) -> None:
+        self.failure_threshold = failure_threshold
+        self.success_threshold = success_threshold
+        self.healthy = healthy
+        self._streak = 0  # consecutive results that disagree with `healthy`
+
+    def record(self, ok: bool) -> bool | None:
+        """The new verdict when a threshold is crossed, else None."""
+        if ok == self.healthy:
+            self._streak = 0
+            return None
+        self._streak += 1
+        needed = self.success_threshold if ok else self.failure_threshold
+        if self._streak >= needed:
+            self.healthy = ok
+            self._streak = 0
+            return ok
+        return None
+
+
+def parse_gauges(text: str, names: set[str]) -> dict[str, float]:
+    """Sum each named series over its label sets from Prometheus text exposition."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, rest = line.partition(" ")
+        name = head.split("{", 1)[0]
+        if name not in names:
+            continue
+        if "{" in head and "}" not in head:  # label values with spaces: value is the last field
+            rest = line.rsplit("}", 1)[-1]
+        try:
+            value = float(rest.split()[0])
+        except (IndexError, ValueError):
+            continue
+        out[name] = out.get(name, 0.0) + value
+    return out
+
+
+async def scrape(
+    session: aiohttp.ClientSession, target: ProbeTarget, backend: Backend, seconds: float
+) -> None:
+    if not target.metrics_url or not (target.metric_running or target.metric_waiting):
+        return
+    status, body, _ = await get(session, target.metrics_url, target.headers, seconds)
+    if status != 200:
+        return
+    names = {n for n in (target.metric_running, target.metric_waiting) if n}
+    gauges = parse_gauges(body.decode("utf-8", errors="replace"), names)
+    if target.metric_running in gauges:
+        backend.engine_running = gauges[target.metric_running]
+    if target.metric_waiting in gauges:
+        backend.engine_waiting = gauges[target.metric_waiting]
+
+
+async def monitor(
+    session: aiohttp.ClientSession,
+    target: ProbeTarget,
+    backend: Backend,
+    cfg: HealthConfig,
+    on_verdict: Callable[[bool, str], None],
+    healthy: bool = True,
+) -> None:
+    counter = ProbeCounter(cfg.failure_threshold, cfg.success_threshold, healthy)
+    while True:
+        await asyncio.sleep(cfg.interval)
+        status, _, problem = await get(session, target.health_url, target.headers, cfg.timeout)
+        ok = status == 200
+        verdict = counter.record(ok)
+        if verdict is not None:
+            on_verdict(verdict, problem)
+        if ok:
+            await scrape(session, target, backend, cfg.timeout)
