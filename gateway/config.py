@@ -51,6 +51,15 @@ class KeyConfig(_Model):
     # "5000000/month" | "100000/day" | plain integer (lifetime)
     budget: str | None = None
 
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .ratelimit.budget import parse_budget  # lazy: ratelimit imports this module
+
+            parse_budget(v)
+        return v
+
     @field_validator("key_sha256")
     @classmethod
     def _hex(cls, v: str) -> str:

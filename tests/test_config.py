@@ -65,6 +65,11 @@ def test_keys_mode_needs_keys_or_explicit_none() -> None:
     assert "must be 64 hex characters" in err("auth: {keys: [{name: a, key_sha256: abc}]}\n")
 
 
+def test_bad_budget_is_a_config_error() -> None:
+    msg = err("auth: {keys: [{name: a, key_sha256: %s, budget: 5000/fortnight}]}\n" % ("a" * 64))
+    assert msg.startswith("auth.keys.0.budget: budget period must be month, week or day")
+
+
 def test_invalid_yaml_and_non_mapping() -> None:
     assert "invalid YAML" in err("pools: [unclosed\n")
     assert "mapping" in err("- a\n- b\n")

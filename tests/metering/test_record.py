@@ -1,0 +1,43 @@
+"""Usage records built from finished request contexts."""
+
+from __future__ import annotations
+
+from gateway import tokens
+from gateway.metering.record import UsageRecord, from_context
+from tests.metering.ctxs import chunk, ctx, usage
+
+
+def test_engine_usage_is_taken_as_is() -> None:
+    rec = from_context(ctx(usage=usage(12, 30), user="u1", stream=True, first_byte_at=None))
+    assert (rec.prompt_tokens, rec.completion_tokens, rec.total_tokens) == (12, 30, 42)
+    assert (rec.key, rec.pool, rec.model, rec.backend, rec.user) == ("alice", "chat", "chat", "chat/b0", "u1")
+    assert rec.estimated is False and rec.resolved and rec.stream is True
+
+
+def test_cut_short_stream_is_estimated_lazily() -> None:
+    msgs = [{"role": "user", "content": "tell me a story"}]
+    c = ctx(body={"model": "chat", "messages": msgs}, stream=True,
+            delivered=[chunk([{"index": 0, "delta": {"content": " once upon"}}])], error="client disconnected")
+    rec = from_context(c, lazy=True)
+    assert rec.estimated and not rec.resolved and rec.total_tokens == 0
+    rec.resolve()
+    assert rec.prompt_tokens == tokens.count_chat_prompt(msgs)
+    assert rec.completion_tokens == tokens.count_text(" once upon")
+    assert rec.total_tokens == rec.prompt_tokens + rec.completion_tokens and rec.estimated
+    assert "_pending" not in rec.to_dict() and UsageRecord.from_dict(rec.to_dict()) == rec
+
+
+def test_not_dispatched_costs_nothing_and_is_not_an_estimate() -> None:
+    rec = from_context(ctx(status=429, dispatched=False))
+    assert rec.total_tokens == 0 and not rec.estimated and rec.backend is None
+
+
+def test_dispatched_without_output_counts_no_tokens_but_is_flagged() -> None:
+    rec = from_context(ctx(status=502, stream=True))
+    assert rec.total_tokens == 0 and rec.estimated
+
+
+def test_usage_chunk_the_client_received_wins_over_an_estimate() -> None:
+    events = [chunk([{"index": 0, "delta": {"content": " x"}}]), chunk([], usage=usage(3, 1))]
+    rec = from_context(ctx(stream=True, delivered=events))
+    assert (rec.total_tokens, rec.estimated) == (4, False)

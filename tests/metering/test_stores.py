@@ -1,0 +1,140 @@
+"""The three ledgers (memory, SQLite file, real Redis) answer every query identically."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.metering.query import aggregate, parse_time, to_csv
+from gateway.metering.record import UsageRecord
+from gateway.metering.store import open_store
+from tests.redis_server import RedisServer
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def records(n: int = 400, seed: int = 1) -> list[UsageRecord]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        p, c = rnd.randint(1, 500), rnd.randint(0, 300)
+        out.append(UsageRecord(
+            ts=T0 + rnd.uniform(0, 3 * 86400), request_id=f"r{i}", key=rnd.choice(["alice", "bob", None]),
+            pool=rnd.choice(["chat", "embed"]), model=rnd.choice(["chat", "qwen", "embed"]), backend="b",
+            endpoint="chat", prompt_tokens=p, completion_tokens=c, total_tokens=p + c, status=200,
+            stream=rnd.random() < 0.5, latency=0.1, ttft=0.01, user=rnd.choice(["u1", "u2", None]),
+            estimated=rnd.random() < 0.2,
+        ))  # fmt: skip
+    return out
+
+
+RANGES: list[tuple[float | None, float | None]] = [
+    (None, None),
+    (T0 + 3600, T0 + 2 * 86400),  # whole hours
+    (T0 + 1234.5, T0 + 86400 + 999.25),  # partial hours at both edges
+    (T0 + 86400 + 100, None),
+]
+
+
+async def _check_store(url: str) -> None:
+    recs = records()
+    store = await open_store(url)
+    try:
+        for i in range(0, len(recs), 97):
+            await store.write(recs[i : i + 97], batch_id=f"b{i}")
+        for group in ("key", "pool", "user", "model", "hour", "day"):
+            for since, until in RANGES:
+                got = await store.query(group, since, until)
+                assert got == aggregate(recs, group, since, until), (url, group, since, until)
+        for since in (None, T0 + 5000.5):
+            for who in ("alice", "bob", "nobody"):
+                want = sum(r.total_tokens for r in recs if r.key == who and (since is None or r.ts >= since))
+                assert await store.spend(who, since) == want
+    finally:
+        await store.close()
+
+
+def test_sqlite_store_answers_like_the_reference(tmp_path: Path) -> None:
+    asyncio.run(_check_store(f"sqlite:///{tmp_path}/deep/dir/usage.db"))
+    conn = sqlite3.connect(tmp_path / "deep/dir/usage.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"usage_ts", "usage_key_ts", "usage_pool_ts", "usage_user_ts"} <= indexes
+    plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN SELECT key FROM usage WHERE ts >= 1"))
+    assert "usage_ts" in plan
+    conn.close()
+
+
+def test_redis_store_answers_like_the_reference(redis_server: RedisServer) -> None:
+    asyncio.run(_check_store(redis_server.url))
+
+
+def test_memory_store_is_the_reference() -> None:
+    asyncio.run(_check_store("memory://"))
+
+
+def test_default_sqlite_path_is_relative_to_the_working_directory(tmp_path: Path) -> None:
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        from gateway.config import GatewayConfig
+
+        url = GatewayConfig(auth={"mode": "none"}).store
+        assert url == "sqlite:///var/usage.db"
+
+        async def main() -> None:
+            store = await open_store(url)
+            await store.write(records(3), "b")
+            await store.close()
+
+        asyncio.run(main())
+        assert (tmp_path / "var" / "usage.db").exists()
+    finally:
+        os.chdir(cwd)
+
+
+def test_redis_batch_retry_is_idempotent(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        store = await open_store(redis_server.url)
+        recs = records(20)
+        await store.write(recs, "same-batch")
+        await store.write(recs, "same-batch")
+        rows = await store.query("pool", None, None)
+        assert sum(r["requests"] for r in rows) == 20
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_sqlite_batch_is_all_or_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await open_store(f"sqlite:///{tmp_path}/u.db")
+        bad = records(5)
+        bad[3].prompt_tokens = "not a number"  # type: ignore[assignment]
+        bad[3].total_tokens = None  # type: ignore[assignment]  # NOT NULL fails the whole batch
+        with pytest.raises(sqlite3.IntegrityError):
+            await store.write(bad, "b1")
+        assert await store.query("key", None, None) == []
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_time_parsing_and_csv() -> None:
+    assert parse_time("24h", now=100_000.0) == 100_000.0 - 86400
+    assert parse_time("2026-01-01") == T0
+    assert parse_time("2026-01-01T01:00:00Z") == T0 + 3600
+    assert parse_time(str(T0)) == T0
+    assert parse_time(None) is None
+    with pytest.raises(ValueError):
+        parse_time("yesterday")
+    rows: list[dict[str, Any]] = aggregate(records(10), "key")
+    text = to_csv(rows, "key")
+    assert text.splitlines()[0] == "key,requests,prompt_tokens,completion_tokens,total_tokens,estimated_requests"
+    assert len(text.splitlines()) == len(rows) + 1
