@@ -18,6 +18,7 @@ from ..backends import BackendState
 from ..config import ConfigError
 from ..errors import GatewayError
 from ..state import GatewayState
+from .endpoints import status_row
 
 router = APIRouter()
 
@@ -30,21 +31,7 @@ def _gw(request: Request) -> GatewayState:
 def _endpoint_rows(state: GatewayState) -> list[dict[str, Any]]:
     """Rows when no supervisor runs (a gateway with external endpoints only)."""
     return [
-        {
-            "pool": b.pool,
-            "id": b.id,
-            "engine": "external",
-            "source": b.source,
-            "state": str(b.state),
-            "pid": None,
-            "port": None,
-            "url": b.url,
-            "devices": "",
-            "outstanding": b.outstanding,
-            "restarts": 0,
-            "last_error": b.last_error,
-            "uptime": None,
-        }
+        status_row(b, None)
         for pool in state.pools.values()
         for b in pool.backends
     ]

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
@@ -21,6 +22,25 @@ from ..config import HealthConfig
 from . import health
 
 log = logging.getLogger("gateway.engines")
+
+
+def status_row(b: Backend, uptime: float | None) -> dict[str, Any]:
+    """An external endpoint's row in `/admin/backends` (same columns as a spawned engine's)."""
+    return {
+        "pool": b.pool,
+        "id": b.id,
+        "engine": "external",
+        "source": b.source,
+        "state": str(b.state),
+        "pid": None,
+        "port": None,
+        "url": b.url,
+        "devices": "",
+        "outstanding": b.outstanding,
+        "restarts": 0,
+        "last_error": b.last_error,
+        "uptime": uptime,
+    }
 
 
 def probe_target(backend: Backend, cfg: HealthConfig) -> health.ProbeTarget:

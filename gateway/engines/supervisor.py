@@ -23,7 +23,7 @@ import aiohttp
 
 from ..backends import Backend, BackendState, Pool
 from ..config import EnginesConfig, GatewayConfig, PoolConfig, SpawnConfig
-from . import diff
+from . import diff, endpoints
 from .endpoints import EndpointProbe
 from .gpus import GpuInventory, GpusExhausted
 from .logs import log_file_name
@@ -348,23 +348,8 @@ class Supervisor:
                     continue
                 probe = self.probes.get(b.id)
                 since = probe.ready_since if probe is not None else None
-                rows.append(
-                    {
-                        "pool": b.pool,
-                        "id": b.id,
-                        "engine": "external",
-                        "source": b.source,
-                        "state": str(b.state),
-                        "pid": None,
-                        "port": None,
-                        "url": b.url,
-                        "devices": "",
-                        "outstanding": b.outstanding,
-                        "restarts": 0,
-                        "last_error": b.last_error,
-                        "uptime": round(now - since, 1) if since is not None and b.state is S.READY else None,
-                    }
-                )
+                uptime = round(now - since, 1) if since is not None and b.state is S.READY else None
+                rows.append(endpoints.status_row(b, uptime))
         rows += [e.status() for e in self.engines if e not in listed]
         return rows
 
