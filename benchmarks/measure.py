@@ -1,0 +1,67 @@
+"""One measured point (a closed-loop run) and how repeated points are summarised."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import loadgen
+from .procs import CpuMeter
+
+
+@dataclass(frozen=True)
+class Setup:
+    window: float  # seconds measured per point
+    warmup: float
+    reps: int
+
+
+async def point(targets: Sequence[loadgen.Target], raw_for: Any, concurrency: int, stream: bool, setup: Setup,
+                server_pids: Sequence[int] = (), client_pids: Sequence[int] = (), ramp: float = 0.0) -> dict[str, Any]:
+    """Run one closed-loop point; CPU of `server_pids` (the gateway) and of the client side
+    (this process + `client_pids`, e.g. the engines) is read exactly at the window's edges."""
+    meter = CpuMeter(*server_pids, os.getpid(), *client_pids)
+    w = await loadgen.closed_loop(targets, raw_for, concurrency, setup.window, setup.warmup, stream,
+                                  meter.start, meter.stop, ramp=ramp)
+    n = max(1, w.completed)
+    lat = [s.latency for s in w.samples]
+    ttfc = [s.ttfc for s in w.samples]
+    ns = len(server_pids)
+    return {
+        "concurrency": concurrency,
+        "completed": w.completed,
+        "rps": w.completed / w.seconds,
+        "errors": w.errors,
+        "error_examples": w.error_examples,
+        "lat_p50_ms": loadgen.percentile(lat, 50) * 1e3,
+        "lat_p99_ms": loadgen.percentile(lat, 99) * 1e3,
+        "ttfc_p50_ms": loadgen.percentile(ttfc, 50) * 1e3,
+        "ttfc_p99_ms": loadgen.percentile(ttfc, 99) * 1e3,
+        "events_per_req": w.events / n,
+        "server_cpu_us": sum(meter.seconds[:ns]) / n * 1e6 if ns else None,
+        "server_cpu_util": sum(meter.seconds[:ns]) / w.seconds if ns else None,
+        "client_cpu_us": sum(meter.seconds[ns:]) / n * 1e6,
+        "client_cpu_util": sum(meter.seconds[ns:]) / w.seconds,
+    }
+
+
+def summary(values: Sequence[float | None]) -> dict[str, float]:
+    """Median and range of repeated measurements (None/NaN dropped)."""
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    if not v:
+        return {"med": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+    return {"med": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+
+
+def fmt(s: dict[str, float], digits: int = 0, spread: bool = True) -> str:
+    """`med (min-max)`; just the value when there is one repetition."""
+    if s["n"] == 0:
+        return "n/a"
+    f = f"{{:.{digits}f}}"
+    if not spread or s["n"] == 1 or s["min"] == s["max"]:
+        return f.format(s["med"])
+    return f"{f.format(s['med'])} ({f.format(s['min'])}-{f.format(s['max'])})"
