@@ -71,11 +71,19 @@ class Backend:
         self.down_until = time.monotonic() + PASSIVE_COOLDOWN_S
 
     def observe(self, ttft: float | None, duration: float, output_tokens: int) -> None:
-        """Feed a finished request's timing into the speed estimates (alpha 0.2)."""
+        """Feed a finished request's timing into the speed estimates (alpha 0.2).
+
+        `ttft` is None for non-stream requests, whose first byte is also their last.
+        """
+        tpot: float | None = None
         if ttft is not None:
             self.ewma_ttft = ttft if self.ewma_ttft is None else 0.8 * self.ewma_ttft + 0.2 * ttft
-        if output_tokens > 1 and ttft is not None and duration > ttft:
-            tpot = (duration - ttft) / (output_tokens - 1)
+            if output_tokens > 1 and duration > ttft:
+                tpot = (duration - ttft) / (output_tokens - 1)
+        elif output_tokens > 0:
+            # Non-stream: only the whole duration is known; prefill is folded into the rate.
+            tpot = duration / output_tokens
+        if tpot is not None:
             self.ewma_tpot = tpot if self.ewma_tpot is None else 0.8 * self.ewma_tpot + 0.2 * tpot
 
 

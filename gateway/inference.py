@@ -184,7 +184,9 @@ async def finish(state: GatewayState, ctx: RequestContext) -> None:
     if b is not None and ctx.completed and ctx.upstream_started is not None and ctx.first_byte_at is not None:
         out = ctx.usage.get("completion_tokens", 0) if ctx.usage else 0
         end = ctx.ended or time.monotonic()
-        b.observe(ctx.first_byte_at - ctx.upstream_started, end - ctx.upstream_started, int(out or 0))
+        # A non-stream answer's first byte is its last: it says nothing about time to first token.
+        ttft = ctx.first_byte_at - ctx.upstream_started if ctx.stream else None
+        b.observe(ttft, end - ctx.upstream_started, int(out or 0))
     try:
         if state.meter is not None:
             state.meter.record(ctx)

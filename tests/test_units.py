@@ -188,3 +188,16 @@ def test_balancers() -> None:
     assert {rnd.choose(bs).id for _ in range(50)} == {"b0", "b1", "b2"}
     with pytest.raises(ValueError):
         make_balancer("nope")
+
+
+def test_event_usage_spaced_and_null() -> None:
+    assert event_usage(b'data: {"choices": [], "usage": {"prompt_tokens": 2}}\n\n') == {"prompt_tokens": 2}
+    assert event_usage(b'data: {"choices": [{"delta": {}}], "usage": null}\n\n') is None
+
+
+def test_observe_non_stream_does_not_invent_a_per_token_speed() -> None:
+    b = Backend(id="b", pool="p", url="u", max_concurrency=1)
+    b.observe(None, 2.0, 100)  # non-stream: 100 tokens in 2 s
+    assert b.ewma_tpot == pytest.approx(0.02) and b.ewma_ttft is None
+    b.observe(0.5, 1.5, 11)  # stream: 10 tokens after the first in 1 s
+    assert b.ewma_tpot == pytest.approx(0.8 * 0.02 + 0.2 * 0.1) and b.ewma_ttft == 0.5

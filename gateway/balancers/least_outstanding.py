@@ -24,9 +24,10 @@ class LeastOutstanding:
         best: list[Backend] = []
         best_load = float("inf")
         for b in candidates:
-            # Engine-reported waiting requests count too: traffic from other gateways
-            # replicas or direct clients queues there without passing through us.
-            load = (b.outstanding + b.engine_waiting) / b.max_concurrency
+            # The engine's own count covers traffic from other gateway replicas and direct
+            # clients; ours covers what it has not reported yet. Both include our requests,
+            # so take the larger rather than the sum.
+            load = max(b.outstanding, b.engine_running + b.engine_waiting) / b.max_concurrency
             if load < best_load:
                 best, best_load = [b], load
             elif load == best_load:
