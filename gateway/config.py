@@ -174,7 +174,9 @@ class PoolConfig(_Model):
     # from their /v1/models (the gateway asks external endpoints at start-up).
     upstream_model: str | None = None
     max_concurrency: int = Field(64, ge=1)
-    balancer: BalancerName = "least_outstanding"
+    # speed_aware: shortest expected delay (queue x observed speed); equals shortest queue
+    # until speeds are known. The others are kept as baselines for the benchmarks.
+    balancer: BalancerName = "speed_aware"
     queue: QueueConfig = Field(default_factory=QueueConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     retries: int = Field(2, ge=0)

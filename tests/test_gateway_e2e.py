@@ -237,13 +237,14 @@ pools:
             assert e.value.status_code == 500
 
 
-def test_shortest_queue_sends_more_work_to_the_faster_backend() -> None:
+@pytest.mark.parametrize("balancer", ["least_outstanding", "speed_aware"])
+def test_shortest_queue_sends_more_work_to_the_faster_backend(balancer: str) -> None:
     with SimProcess(["--served-model-name", "m", "--ttft-ms", "2", "--itl-ms", "2"]) as fast, \
          SimProcess(["--served-model-name", "m", "--ttft-ms", "2", "--itl-ms", "40"]) as slow:
         cfg = auth_yaml() + f"""
 store: "memory://"
 pools:
-  m: {{endpoints: [{fast.base_url}, {slow.base_url}], max_concurrency: 32}}
+  m: {{endpoints: [{fast.base_url}, {slow.base_url}], max_concurrency: 32, balancer: {balancer}}}
 """
         with GatewayServer(cfg) as gw:
             c = client(gw)

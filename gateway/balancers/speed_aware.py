@@ -24,8 +24,8 @@ queueing, and herds traffic onto it (benchmarks/scenarios/model.py shows both).
 Backends without observations yet get the pool's best known speed, so a new backend is
 tried rather than starved, and the smallest known batch size, so costs stay comparable
 (a batch of 1 next to a batch of 8 would make the unknown one look 8x dearer).
-Non-stream requests report TTFT as the whole generation and a meaningless TPOT; `max()`
-makes `service` fall back to that TTFT, which is then simply the observed duration.
+Non-stream requests report no TTFT and their duration per output token as TPOT
+(`Backend.observe`), so a pool serving only non-stream traffic is still compared by speed.
 Ties (equal cost) are broken at random.
 """
 
