@@ -8,7 +8,7 @@ events; the tokenizing (when the engine reported no usage) happens later in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import estimate
@@ -106,9 +106,9 @@ class UsageRecord:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("_pending", None)
-        return d
+        # Not dataclasses.asdict: it deep-copies (the pending estimate input included)
+        # and cost ~3% of the gateway's CPU per request in the benchmarks.
+        return {f: getattr(self, f) for f in FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UsageRecord:

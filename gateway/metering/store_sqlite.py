@@ -165,8 +165,8 @@ def _range(since: float | None, until: float | None) -> tuple[str, list[float]]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+_BOOLS = frozenset({"stream", "estimated"})
+
+
 def _row(r: UsageRecord) -> tuple[Any, ...]:
-    d = r.to_dict()
-    d["stream"] = int(bool(d["stream"]))
-    d["estimated"] = int(bool(d["estimated"]))
-    return tuple(d[f] for f in FIELDS)
+    return tuple(int(bool(v)) if f in _BOOLS else v for f in FIELDS for v in (getattr(r, f),))
