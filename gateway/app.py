@@ -145,7 +145,7 @@ class GatewayApp:
     async def startup(self) -> None:
         s = self.state
         cfg = s.config
-        s.http = make_session()
+        s.http = make_session(cfg.server.upstream_client)
         s.metrics = _optional("gateway.metrics", "Metrics", s)
         if cfg.metering.enabled:
             meter_cls = _optional_cls("gateway.metering", "Meter")

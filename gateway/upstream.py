@@ -1,11 +1,13 @@
 """Talking to engines: the shared HTTP client and the header rules both ways.
 
-One aiohttp session for the whole process, created at start-up, with keep-alive pools
-per engine. Header rules (pure functions, unit-tested) keep the client's key away from
+One client for the whole process, created at start-up, with keep-alive connections per
+engine (`httpclient.RawSession`, or aiohttp's session when configured). Header rules (pure functions, unit-tested) keep the client's key away from
 engines and keep framing headers from leaking between the two connections.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import aiohttp
 
@@ -62,7 +64,16 @@ def response_headers(upstream: aiohttp.typedefs.LooseHeaders | None) -> RawHeade
     return out
 
 
-def make_session() -> aiohttp.ClientSession:
+def make_session(kind: str = "raw") -> Any:
+    """The shared client to engines: `raw` (httpclient.RawSession) or `aiohttp`."""
+    if kind == "raw":
+        from .httpclient import RawSession
+
+        return RawSession()
+    return _aiohttp_session()
+
+
+def _aiohttp_session() -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0,  # per-backend concurrency is enforced by the pools, not here
         limit_per_host=0,
