@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from .backends import Backend, Pool
 
 
+# Per request: enough for any answer of a few thousand tokens, and 1,000 concurrent
+# streams stay within ~256 MB in the worst case instead of growing without bound.
+DELIVERED_KEEP_BYTES = 256 * 1024
+
+
 @dataclass(eq=False)
 class RequestContext:
     request_id: str
@@ -41,8 +46,19 @@ class RequestContext:
     # Bytes of SSE `data:` events actually delivered to the client, kept only so a cut-short
     # stream can be metered by counting what the client received.
     delivered: list[bytes] = field(default_factory=list)
+    # Past DELIVERED_KEEP_BYTES only a count is kept (memory stays bounded however long
+    # the stream); estimates extrapolate from the kept part.
+    delivered_bytes: int = 0
+    delivered_dropped: int = 0
     completed: bool = False  # the engine finished normally (stream reached [DONE] / full body)
     admission: Any = None  # ratelimit admission token, settled when the request ends
+
+    def keep_delivered(self, data: bytes) -> None:
+        if self.delivered_bytes < DELIVERED_KEEP_BYTES:
+            self.delivered.append(data)
+            self.delivered_bytes += len(data)
+        else:
+            self.delivered_dropped += 1
 
     @property
     def ttft(self) -> float | None:

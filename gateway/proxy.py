@@ -144,7 +144,7 @@ async def _relay_body(
     ctx.usage = sse.body_usage(body)
     if plan.rewrite_body is not None:
         body = plan.rewrite_body(body)
-    ctx.delivered.append(body)
+    ctx.keep_delivered(body)
     headers = response_headers(resp.headers)
     headers.append((b"content-type", resp.headers.get("content-type", "application/json").encode("latin-1")))
     headers.append((b"content-length", str(len(body)).encode()))
@@ -168,7 +168,7 @@ async def _relay_stream(
         headers.extend(plan.extra_headers)
     framer = sse.EventFramer()
     rewrite = plan.rewrite_event
-    delivered = ctx.delivered
+    keep = ctx.keep_delivered
     started_body = False
     try:
         async for chunk in resp.content.iter_any():
@@ -185,13 +185,13 @@ async def _relay_stream(
                         if new is None:
                             continue
                         ev = new
-                    delivered.append(ev)
+                    keep(ev)
                 elif sse.is_done(ev):
                     ctx.completed = True
                     if plan.before_done is not None:
                         held = plan.before_done()
                         if held:
-                            delivered.append(held)
+                            keep(held)
                             out.append(held)
                 out.append(ev)
             if not out:

@@ -123,13 +123,19 @@ def completion_tokens(delivered: Iterable[bytes]) -> int:
     return completion(delivered)[1]
 
 
-def completion(delivered: Iterable[bytes]) -> tuple[bool, int]:
-    """(whether any choice reached the client, completion tokens delivered)."""
+def completion(delivered: Iterable[bytes], dropped: int = 0) -> tuple[bool, int]:
+    """(whether any choice reached the client, completion tokens delivered).
+
+    `dropped` events were relayed after the kept ones but not kept (a very long stream):
+    they are counted at the kept events' average tokens per event.
+    """
     choices: dict[int, _Choice] = {}
+    n_events = 0
     for ev in events(delivered):
         raw = ev.get("choices")
         if not isinstance(raw, list):
             continue
+        n_events += 1
         for pos, c in enumerate(raw):
             if not isinstance(c, dict):
                 continue
@@ -139,7 +145,10 @@ def completion(delivered: Iterable[bytes]) -> tuple[bool, int]:
             for k in ("delta", "message"):
                 if isinstance(c.get(k), dict):
                     ch.add_message(c[k])
-    return bool(choices), sum(ch.count() for ch in choices.values())
+    kept = sum(ch.count() for ch in choices.values())
+    if dropped and n_events:
+        kept += round(dropped * kept / n_events)
+    return bool(choices), kept
 
 
 def reported_usage(delivered: Iterable[bytes]) -> dict[str, Any] | None:

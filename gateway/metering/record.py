@@ -45,6 +45,7 @@ class _Pending:
     endpoint: str
     body: dict[str, Any] | None
     delivered: list[bytes]
+    dropped: int = 0  # events relayed past the context's keep limit
 
 
 @dataclass
@@ -87,7 +88,7 @@ class UsageRecord:
         if p.endpoint == "embeddings":
             started, completion = self.status < 400, 0
         else:
-            started, completion = estimate.completion(p.delivered)
+            started, completion = estimate.completion(p.delivered, p.dropped)
         if not started:
             # No output reached the client: no evidence the engine even read the prompt
             # (engines count prompt tokens at prefill, which ends with the first token).
@@ -141,7 +142,7 @@ def from_context(ctx: RequestContext, lazy: bool = False) -> UsageRecord:
     elif ctx.backend is not None:
         # Dispatched to an engine but no usage came back: count what we can see.
         rec.estimated = True
-        rec._pending = _Pending(ctx.endpoint, ctx.body, ctx.delivered)
+        rec._pending = _Pending(ctx.endpoint, ctx.body, ctx.delivered, ctx.delivered_dropped)
         if not lazy:
             rec.resolve()
     # Never dispatched (auth, limits, unknown model, queue full): no tokens were used.

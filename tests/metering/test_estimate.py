@@ -103,3 +103,22 @@ def test_usage_the_client_received_is_found() -> None:
     events = [chunk([{"index": 0, "delta": {"content": " a"}}], usage=None), chunk([], usage=u)]
     assert estimate.reported_usage(events) == u
     assert estimate.reported_usage(events[:1]) is None
+
+
+def test_events_past_the_keep_limit_are_extrapolated() -> None:
+    from gateway.metering import estimate as est
+
+    ev = b'data: {"choices":[{"index":0,"delta":{"content":" the"}}]}\n\n'
+    started, n = est.completion([ev] * 10, dropped=30)
+    assert started and n == 40  # one token per event, kept or not
+
+
+def test_context_keeps_delivered_bytes_bounded() -> None:
+    from gateway.context import DELIVERED_KEEP_BYTES, RequestContext
+
+    ctx = RequestContext(request_id="r", endpoint="chat")
+    ev = b"x" * 1000
+    for _ in range(DELIVERED_KEEP_BYTES // 1000 + 50):
+        ctx.keep_delivered(ev)
+    assert ctx.delivered_bytes <= DELIVERED_KEEP_BYTES + 1000
+    assert ctx.delivered_dropped >= 49
