@@ -95,6 +95,9 @@ class HealthConfig(_Model):
     # A single slow probe under load must not eject a backend.
     failure_threshold: int = Field(3, ge=1)
     success_threshold: int = Field(1, ge=1)
+    # How often the engine's own queue gauges (/metrics) are read for balancing: traffic
+    # that did not come through this gateway shows only there. 0 turns it off.
+    metrics_interval: float = Field(1.0, ge=0)
     # A spawned engine whose health check keeps failing this long is restarted (a hung
     # engine that still holds its port and devices); None: leave it UNHEALTHY.
     restart_after: float | None = Field(120.0, gt=0)

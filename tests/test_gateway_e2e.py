@@ -300,3 +300,27 @@ def test_admin_paths_need_the_admin_key(cluster: dict[str, Any]) -> None:
     assert httpx.get(gw.url + "/admin/backends", headers={"authorization": f"Bearer {CLIENT_KEY}"}).status_code == 403
     r = httpx.get(gw.url + "/admin/backends", headers={"authorization": f"Bearer {ADMIN_KEY}"})
     assert r.status_code == 200
+
+
+def test_external_endpoint_queue_gauges_reach_the_balancer() -> None:
+    """Traffic that bypasses the gateway shows only in the engine's /metrics; it must count."""
+    with SimProcess(["--served-model-name", "m", "--ttft-ms", "1", "--itl-ms", "50", "--max-num-seqs", "1"]) as sim:
+        cfg = auth_yaml() + f"""
+store: "memory://"
+engines: {{endpoint_health: {{interval: 5, metrics_interval: 0.1}}}}
+pools:
+  m: {{endpoints: [{sim.base_url}]}}
+"""
+        with GatewayServer(cfg) as gw:
+            b = gw.state.pools["m"].backends[0]
+            # Two direct requests: one runs, one waits at the engine, none through us.
+            streams = [sim.open_stream("/v1/chat/completions", {"model": "m", "max_tokens": 100, "stream": True,
+                                                                 "messages": [{"role": "user", "content": "x"}]})
+                       for _ in range(2)]
+            try:
+                assert wait_until(lambda: b.engine_running == 1 and b.engine_waiting == 1, 3)
+                assert b.outstanding == 0
+            finally:
+                for conn, _resp in streams:
+                    conn.close()
+            assert wait_until(lambda: b.engine_running == 0 and b.engine_waiting == 0, 3)

@@ -45,12 +45,12 @@ def status_row(b: Backend, uptime: float | None) -> dict[str, Any]:
 
 def probe_target(backend: Backend, cfg: HealthConfig) -> health.ProbeTarget:
     models = backend.url + "/models"
-    if cfg.path is None:
-        url = models
-    else:
-        root = backend.url[: -len("/v1")] if backend.url.endswith("/v1") else backend.url
-        url = root + cfg.path
-    return health.ProbeTarget(health_url=url, models_url=models, headers=health.auth_headers(backend.api_key))
+    root = backend.url[: -len("/v1")] if backend.url.endswith("/v1") else backend.url
+    url = models if cfg.path is None else root + cfg.path
+    # We do not know which engine serves an endpoint: `scrape` recognises every engine's gauges.
+    return health.ProbeTarget(
+        health_url=url, models_url=models, headers=health.auth_headers(backend.api_key), metrics_url=root + "/metrics"
+    )
 
 
 class EndpointProbe:

@@ -138,20 +138,36 @@ def parse_gauges(text: str, names: set[str]) -> dict[str, float]:
     return out
 
 
+# (running, waiting) gauges of every engine we know, for endpoints we did not launch.
+KNOWN_QUEUE_METRICS = (
+    ("vllm:num_requests_running", "vllm:num_requests_waiting"),
+    ("sglang:num_running_reqs", "sglang:num_queue_reqs"),
+    ("lmdeploy:num_requests_running", "lmdeploy:num_requests_waiting"),
+    ("llamacpp:requests_processing", "llamacpp:requests_deferred"),
+)
+_KNOWN_NAMES = {n for pair in KNOWN_QUEUE_METRICS for n in pair}
+
+
 async def scrape(
     session: aiohttp.ClientSession, target: ProbeTarget, backend: Backend, seconds: float
 ) -> None:
-    if not target.metrics_url or not (target.metric_running or target.metric_waiting):
+    """Copy the engine's own running/waiting counts into the backend, for the balancers."""
+    if not target.metrics_url:
         return
     status, body, _ = await get(session, target.metrics_url, target.headers, seconds)
     if status != 200:
         return
-    names = {n for n in (target.metric_running, target.metric_waiting) if n}
+    if target.metric_running or target.metric_waiting:
+        pairs: tuple[tuple[str | None, str | None], ...] = ((target.metric_running, target.metric_waiting),)
+        names = {n for n in pairs[0] if n}
+    else:
+        pairs, names = KNOWN_QUEUE_METRICS, _KNOWN_NAMES
     gauges = parse_gauges(body.decode("utf-8", errors="replace"), names)
-    if target.metric_running in gauges:
-        backend.engine_running = gauges[target.metric_running]
-    if target.metric_waiting in gauges:
-        backend.engine_waiting = gauges[target.metric_waiting]
+    for running, waiting in pairs:
+        if running in gauges or waiting in gauges:
+            backend.engine_running = gauges.get(running or "", 0.0)
+            backend.engine_waiting = gauges.get(waiting or "", 0.0)
+            return
 
 
 async def monitor(
@@ -163,12 +179,21 @@ async def monitor(
     healthy: bool = True,
 ) -> None:
     counter = ProbeCounter(cfg.failure_threshold, cfg.success_threshold, healthy)
+    loop = asyncio.get_running_loop()
+    # Queue gauges go stale in seconds under load, health verdicts do not: read the
+    # gauges every metrics_interval and probe health every interval.
+    scrape_every = cfg.metrics_interval if cfg.metrics_interval and target.metrics_url else None
+    step = min(cfg.interval, scrape_every) if scrape_every else cfg.interval
+    next_probe = loop.time() + cfg.interval
+    ok = healthy
     while True:
-        await asyncio.sleep(cfg.interval)
-        status, _, problem = await get(session, target.health_url, target.headers, cfg.timeout)
-        ok = status == 200
-        verdict = counter.record(ok)
-        if verdict is not None:
-            on_verdict(verdict, problem)
-        if ok:
-            await scrape(session, target, backend, cfg.timeout)
+        await asyncio.sleep(step)
+        if loop.time() >= next_probe - step / 10:
+            next_probe = loop.time() + cfg.interval
+            status, _, problem = await get(session, target.health_url, target.headers, cfg.timeout)
+            ok = status == 200
+            verdict = counter.record(ok)
+            if verdict is not None:
+                on_verdict(verdict, problem)
+        if ok and scrape_every:
+            await scrape(session, target, backend, min(cfg.timeout, max(scrape_every, 0.5)))
