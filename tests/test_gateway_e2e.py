@@ -324,3 +324,22 @@ pools:
                 for conn, _resp in streams:
                     conn.close()
             assert wait_until(lambda: b.engine_running == 0 and b.engine_waiting == 0, 3)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "chat"},  # no messages
+        {"model": "chat", "messages": "hello"},
+        {"model": "chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1},
+        {"model": "chat", "messages": [{"role": "user", "content": "x"}], "n": 0},
+    ],
+)
+def test_bad_inputs_the_engine_rejects_come_back_openai_shaped(cluster: dict[str, Any], body: dict[str, Any]) -> None:
+    gw = cluster["gw"]
+    r = httpx.post(gw.base_url + "/chat/completions", headers={"authorization": f"Bearer {CLIENT_KEY}"}, json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == "invalid_request_error" and isinstance(err["code"], str) and err["message"]
+    assert gw.state.pools["chat"].outstanding == 0
