@@ -4,9 +4,10 @@
 
 Same app (`gateway.app.create_app`) and the same uvicorn settings as `gateway serve`
 (`gateway.server.uvicorn_config`), then exactly one knob flipped, so a difference in
-the numbers is that knob's. Knobs that would change hot-path code (HTTP client, metrics,
-engine-metrics scraping) are applied by patching at start-up here: the gateway's files
-are untouched, and each patch is the prototype of a change proposed in RESULTS.md.
+the numbers is that knob's. Knobs that change hot-path code (the HTTP client to the
+engines, the metrics object) are applied by patching at start-up here; the gateway's
+files are untouched. `--upstream raw` (the default) is the gateway's own default client
+(`gateway.httpclient.RawSession`), so it patches nothing.
 
 `--workers N` runs N processes that each bind the port with SO_REUSEPORT (the kernel
 spreads connections); the parent only waits and forwards SIGTERM.
@@ -15,7 +16,6 @@ spreads connections); the parent only waits and forwards SIGTERM.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import signal
@@ -36,14 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy-headers", choices=["on", "off"], default=None,
                    help="uvicorn's X-Forwarded-* middleware (uvicorn default: on)")
     p.add_argument("--no-metrics", action="store_true", help="no Prometheus metrics object (state.metrics = None)")
-    p.add_argument("--upstream", default="aiohttp",
-                   choices=["aiohttp", "aiohttp-limit100", "aiohttp-force-close", "aiohttp-decompress-off",
-                            "httpx", "raw"],
-                   help="HTTP client to the engines (see benchmarks/upstreams.py)")
-    p.add_argument("--scrape-engines", type=float, default=0.0, metavar="SECONDS",
-                   help="poll each endpoint's /metrics this often: engine_running/waiting and engine_capacity")
-    p.add_argument("--no-delivered", action="store_true",
-                   help="do not keep every relayed event in RequestContext.delivered (memory experiment)")
+    p.add_argument("--upstream", default="raw", choices=["raw", *UPSTREAMS],
+                   help="HTTP client to the engines: raw (the gateway's default, no patch), aiohttp (its "
+                   "fallback), or an experimental variant (see benchmarks/upstreams.py)")
     p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after start-up (objects alive then are "
                    "never scanned again)")
     p.add_argument("--engine-capacity", type=int, default=0,
@@ -51,30 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Clients other than the default; each factory takes (and ignores) the `kind` argument
+# that gateway.app passes to make_session (cfg.server.upstream_client).
+UPSTREAMS = ("aiohttp", "aiohttp-limit100", "aiohttp-force-close", "aiohttp-decompress-off", "httpx")
+
+
 def _patch_upstream(kind: str) -> None:
+    if kind == "raw":
+        return  # the gateway's own default: nothing to patch
     import gateway.app as app_mod
 
     from . import upstreams
 
-    if kind != "aiohttp":
-        app_mod.make_session = upstreams.FACTORIES[kind]  # type: ignore[attr-defined]
-
-
-class _Discard(list):  # type: ignore[type-arg]
-    def append(self, _item: Any) -> None:
-        pass
-
-
-def _patch_delivered() -> None:
-    from gateway.context import RequestContext
-
-    init = RequestContext.__init__
-
-    def patched(self: Any, *a: Any, **k: Any) -> None:
-        init(self, *a, **k)
-        self.delivered = _Discard()
-
-    RequestContext.__init__ = patched  # type: ignore[method-assign]
+    app_mod.make_session = upstreams.FACTORIES[kind]  # type: ignore[attr-defined]
 
 
 def _patch_startup(args: argparse.Namespace, app: Any) -> None:
@@ -94,11 +78,6 @@ def _patch_startup(args: argparse.Namespace, app: Any) -> None:
             for pool in st.pools.values():
                 for b in pool.backends:
                     b.extra["engine_capacity"] = args.engine_capacity
-        if args.scrape_engines > 0:
-            from .scrape import scrape_forever
-
-            st.extras["bench_scraper"] = asyncio.get_running_loop().create_task(
-                scrape_forever(st, args.scrape_engines))
 
     app.startup = startup
 
@@ -112,8 +91,6 @@ def serve_one(args: argparse.Namespace, sock: socket.socket | None) -> None:
 
     setup_logging()
     _patch_upstream(args.upstream)
-    if args.no_delivered:
-        _patch_delivered()
     cfg = config_mod.load(args.config)
     app = create_app(cfg, args.config)
     _patch_startup(args, app)

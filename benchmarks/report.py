@@ -180,38 +180,8 @@ def headline(res: dict[str, Any]) -> str:
                 d = _paired(off, on, "server_cpu_us", lambda a, b: _pct(b, a))
                 rows.append([f"metering on ({store}), {mode}: extra CPU per request", "< 10%", fmt(d, 0) + "%",
                              _status(d["med"] < 10 if d["n"] else None)])
-    rows += _proposed_rows(res)
     return "## Headline: where we stand against the targets\n\n" + table(
         ["figure", "target", "measured", "status"], rows) + "\n"
-
-
-def _proposed_rows(res: dict[str, Any]) -> list[list[str]]:
-    """The same targets with the proposed changes (measured through benchmarks/launch.py)."""
-    sc, rows = res["scenarios"], []
-    tu, ov = sc.get("tuning", {}), sc.get("overhead", {})
-    if tu.get("points"):
-        g = _group(tu["points"], "variant", "mode")
-        raw = "raw httptools client"
-        for mode, target, limit in (("non-stream", "<= 200 us", 200.0), ("stream", "<= 350 us", 350.0)):
-            pts = g.get((raw, mode), [])
-            if pts:
-                cpu = _s(pts, "server_cpu_us")
-                what = "non-stream request" if mode == "non-stream" else "16-token stream, one write per event"
-                rows.append([f"*proposed change 1 (raw client)*: CPU per {what} (c=32)", target, fmt(cpu) + " us",
-                             _status(cpu["med"] <= limit)])
-        pts = g.get((raw, "non-stream c=1"), [])
-        direct = [p for p in ov.get("points", []) if p["via"] == "direct" and p["mode"] == "non-stream"
-                  and p["concurrency"] == 1]
-        if pts and direct:
-            added = _s(pts, "lat_p50_ms")["med"] - _s(direct, "lat_p50_ms")["med"]
-            rows.append(["*proposed change 1 (raw client)*: added latency at c=1, non-stream, p50", "<= 0.3 ms",
-                         f"{added:.2f} ms", _status(added <= 0.3)])
-    prop = sc.get("streams", {}).get("proposed")
-    if prop:
-        rows.append(["*proposed changes 1 + 3*: 1,000 concurrent streams, peak RSS / errors", "< 100 MB / 0",
-                     f"{prop['rss_peak_mb']:.0f} MB / {prop['errors']}",
-                     _status(prop["rss_peak_mb"] < 100 and prop["errors"] == 0)])
-    return rows
 
 
 def overhead(ov: dict[str, Any]) -> str:
@@ -293,17 +263,17 @@ Added TTFT at this load: {g['ttfc_p50_ms'] - d['ttfc_p50_ms']:+.1f} ms p50, {g['
 The gateway CPU was {g['server_cpu_util']:.0%} busy: at that utilisation every step of a new request
 (read it, send it upstream, get the first event) waits behind the relaying of ~20,000 events/s,
 so the TTFT tail is a function of CPU headroom, and moves with the neighbours' load.
-{_proposed_streams(ms)}"""
+{_aiohttp_streams(ms, g)}"""
 
 
-def _proposed_streams(ms: dict[str, Any]) -> str:
-    p = ms.get("proposed")
+def _aiohttp_streams(ms: dict[str, Any], g: dict[str, Any]) -> str:
+    p = ms.get("aiohttp")
     if not p:
         return ""
-    return (f"\nWith two proposed changes (`{' '.join(p['args'])}` via benchmarks/launch.py: the raw upstream "
-            f"client, and not keeping every relayed event in `RequestContext.delivered`), "
-            f"{p['completed']:,} streams in 15 s: peak RSS {p['rss_peak_mb']:.0f} MB, errors {p['errors']}, "
-            f"CPU {p['server_cpu_us']:.0f} us per stream ({p['server_cpu_util']:.0%} busy), TTFT p50 / p99 "
+    return (f"\nThe same load on the aiohttp fallback client (`{' '.join(p['args'])}` via benchmarks/launch.py), "
+            f"{p['window_s']:.0f} s: {p['completed']:,} streams, peak RSS {p['rss_peak_mb']:.0f} MB, errors "
+            f"{p['errors']}, CPU {p['server_cpu_us']:.0f} us per stream ({p['server_cpu_util']:.0%} busy; the default "
+            f"client: {g['server_cpu_us']:.0f} us, {_pct(g['server_cpu_us'], p['server_cpu_us']):+.0f}%), TTFT p50 / p99 "
             f"{p['ttfc_p50_ms']:.1f} / {p['ttfc_p99_ms']:.1f} ms.\n")
 
 
@@ -320,8 +290,9 @@ at {' and '.join(f"{r:.0%}" for r in sorted({r['load'] for r in bal['runs']}))} 
 {bal['drain_cap_s']:.0f} s after the last arrival are cut and counted at that time. The
 oracle is a client-side router that sends each request straight to the engine where it
 would finish first, from an exact replay of each engine's FIFO batch scheduler; it knows
-every request's output length. `speed_aware+metrics` is the same policy in a gateway that
-also scrapes the engines' `/metrics` every 250 ms (a proposed change, see below).
+every request's output length. Every gateway policy runs with the engines' `/metrics` queue
+gauges read every second (the default); `speed_aware /metrics 250 ms` is the same policy in a
+gateway configured with `engines.endpoint_health.metrics_interval: 0.25`.
 """]
     for load in sorted({r["load"] for r in bal["runs"]}):
         rs = [r for r in bal["runs"] if r["load"] == load]
@@ -420,27 +391,24 @@ TUNING_NOTES = {
                          "`scope['client']` from X-Forwarded-For; the gateway never reads the client address.",
     "no Prometheus": "prometheus_client's labelled Counter/Histogram updates take a lock and look up labels "
                      "per request.",
-    "aiohttp limit=100": "aiohttp's connector limit (default 100) would queue requests a second time behind "
-                         "the pools' own per-backend limits; the session uses `limit=0`.",
-    "aiohttp no keep-alive": "Without keep-alive every request pays a TCP connect and teardown to the engine.",
-    "aiohttp decompress off": "We ask engines for `Accept-Encoding: identity`, so decompression never runs; "
-                              "the flag only skips a check.",
+    "aiohttp client (fallback)": "The difference is what the gateway's own client saves.",
+    "aiohttp no keep-alive": "Without keep-alive every request pays a TCP connect and teardown to the engine "
+                             "(compared with the aiohttp fallback, which keeps connections alive).",
     "httpx": "httpx's default transport is known to be slow under concurrency (encode/httpx #3215).",
-    "raw httptools client": "A minimal keep-alive client on asyncio protocols + httptools "
-                            "(benchmarks/upstreams.py), with the aiohttp surface the proxy uses.",
     "2 workers, SO_REUSEPORT": "Two processes sharing the port on the gateway's one CPU: no more CPU to use; "
                                "with a CPU each, each worker's least-outstanding would see only its own share "
                                "of the load (see findings).",
 }
 
 
-def _verdict(deltas: list[float]) -> str:
+def _verdict(deltas: list[float], ref: str = "baseline") -> str:
     if not deltas:
         return ""
+    than = "the baseline" if ref == "baseline" else f"the {ref}"
     if all(d >= 5 for d in deltas):
-        return "Costs more than the baseline:"
+        return f"Costs more than {than}:"
     if all(d <= -5 for d in deltas):
-        return "Cheaper than the baseline:"
+        return f"Cheaper than {than}:"
     return "No difference beyond noise (5%):"
 
 
@@ -451,12 +419,15 @@ def tuning(tu: dict[str, Any]) -> str:
     rows = []
     for name, v in tu["variants"].items():
         for mode in v["modes"]:
+            ref = v.get("ref", "baseline")
             pts = g.get((name, mode), [])
-            base = g.get(("baseline", mode), [])
+            base = g.get((ref, mode), [])
             if not pts:
                 continue
             cpu, bcpu = _s(pts, "server_cpu_us"), _s(base, "server_cpu_us")
-            delta = NA if name == "baseline" else f"{_pct(cpu['med'], bcpu['med']):+.0f}%"
+            delta = NA if name == "baseline" or not base else f"{_pct(cpu['med'], bcpu['med']):+.0f}%"
+            if ref != "baseline" and base:
+                delta += f" (vs {ref})"
             rows.append([name, mode, fmt(cpu), delta, fmt(_s(pts, "rps")), fmt(_s(pts, "lat_p50_ms"), 2),
                          fmt(_s(pts, "rss_mb"))])
     st = tu["setup"]
@@ -465,20 +436,24 @@ def tuning(tu: dict[str, Any]) -> str:
         if name == "baseline":
             continue
         parts, deltas = [], []
+        ref = v.get("ref", "baseline")
         for mode in v["modes"]:
-            pts, base = g.get((name, mode), []), g.get(("baseline", mode), [])
+            pts, base = g.get((name, mode), []), g.get((ref, mode), [])
             if pts and base:
                 d = _pct(_s(pts, "server_cpu_us")["med"], _s(base, "server_cpu_us")["med"])
                 deltas.append(d)
                 parts.append(f"{mode} {d:+.0f}% CPU per request")
         paras.append(f"- **{name}**: {v['what']}. {TUNING_NOTES.get(name, '')} "
-                     f"{_verdict(deltas)} {', '.join(parts) or NA}.")
+                     f"{_verdict(deltas, ref)} {', '.join(parts) or NA}.")
     return f"""## 6. What we tried, one change at a time
 
 Each variant is the same app and uvicorn settings as `gateway serve`, started through
 `benchmarks/launch.py` with exactly one knob changed, at c={tu['concurrency']} against zero-latency
-engines ("stream" here is the one-write-per-event engine). {st['reps']} repetitions of {st['window']} s;
-the baseline runs first and last. Deltas are of the medians; differences under ~5% are noise.
+engines ("stream" here is the one-write-per-event engine). The baseline is the gateway as
+shipped, on its own keep-alive client to the engines (`gateway/httpclient.py`); the aiohttp
+fallback and httpx rows show what the alternatives cost. {st['reps']} repetitions of {st['window']} s;
+the baseline runs first and last. Deltas are of the medians (against the baseline unless
+another variant is named); differences under ~5% are noise.
 
 {table(['variant', 'mode', 'CPU us/req', 'vs baseline', 'req/s', 'p50 ms', 'RSS MB'], rows)}
 
@@ -495,7 +470,7 @@ def render(results: dict[str, Any], placement: Placement) -> str:
     sections.append(metering(sc.get("metering", {})))
     sections.append(profile(sc.get("profile", {})))
     sections.append(tuning(sc.get("tuning", {})))
-    from .findings import FINDINGS
+    from .findings import findings
 
-    sections.append(FINDINGS)
+    sections.append(findings(results))
     return "\n".join(s for s in sections if s)

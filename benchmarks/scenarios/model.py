@@ -61,7 +61,7 @@ def workload(n: int, seed: int, load: float) -> tuple[list[tuple[int, int]], lis
 def simulate(policy: Policy | str, jobs: list[tuple[int, int]], arrivals: list[float], scrape: float = 0.0,
              capacity: str = "none", workers: int = 1) -> dict[str, float]:
     """capacity: none | known (engine_capacity = batch) | live (running, while waiting > 0,
-    else unset: unstable) | learned (most running seen while waiting, as benchmarks/scrape.py).
+    else unset: unstable) | learned (most running seen while waiting: what a /metrics scraper could learn).
     workers: gateway processes behind SO_REUSEPORT; each request lands on one at random and
     each has its own Backend objects (its own outstanding counts and speed estimates)."""
     engines = [_Engine(i / 1000) for i in ITLS_MS]

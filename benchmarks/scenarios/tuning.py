@@ -4,7 +4,8 @@ Every variant runs through benchmarks.launch (same app, same uvicorn settings as
 `gateway serve`, one knob changed), against the same zero-latency engines, at
 concurrency 32: non-stream, and stream with one write per event (the case where
 per-event costs show). The baseline is measured first and last; points interleave with
-it rep by rep. The figure that matters is CPU per request (steady on a shared machine);
+it rep by rep. The baseline is the gateway as shipped, on its own keep-alive client to
+the engines; the aiohttp fallback and httpx show what the other clients cost. The figure that matters is CPU per request (steady on a shared machine);
 req/s is reported but is at the mercy of neighbours.
 """
 
@@ -18,36 +19,38 @@ from ..measure import Setup, point
 from .overhead import TOKENS, sim_args
 
 CONCURRENCY = 32
-# (name, launcher arguments, modes to measure, what it tests)
-VARIANTS: list[tuple[str, list[str], tuple[str, ...], str]] = [
+# (name, launcher arguments, modes to measure, what it tests, the variant it is compared with)
+VARIANTS: list[tuple[str, list[str], tuple[str, ...], str, str]] = [
     ("baseline", [], ("non-stream", "stream", "non-stream c=1"),
-     "as shipped: uvloop, httptools, access log off, aiohttp"),
-    ("asyncio loop", ["--loop", "asyncio"], ("non-stream", "stream"), "stdlib event loop instead of uvloop"),
-    ("h11 parser", ["--http", "h11"], ("non-stream", "stream"), "uvicorn's pure-Python HTTP parser instead of httptools"),
-    ("access log on", ["--access-log"], ("non-stream",), "uvicorn access log to a file"),
-    ("proxy headers off", ["--proxy-headers", "off"], ("non-stream", "stream"), "no X-Forwarded-* middleware"),
-    ("no Prometheus", ["--no-metrics"], ("non-stream", "stream"), "metrics object removed from the request path"),
-    ("aiohttp limit=100", ["--upstream", "aiohttp-limit100"], ("non-stream",), "aiohttp's default pool size"),
+     "as shipped: uvloop, httptools, access log off, the gateway's own keep-alive client", ""),
+    ("aiohttp client (fallback)", ["--upstream", "aiohttp"], ("non-stream", "stream", "non-stream c=1"),
+     "`server.upstream_client: aiohttp`, the pre-change client to the engines", "baseline"),
+    ("httpx", ["--upstream", "httpx"], ("non-stream", "stream"), "httpx.AsyncClient, default transport", "baseline"),
     ("aiohttp no keep-alive", ["--upstream", "aiohttp-force-close"], ("non-stream",),
-     "a new engine connection per request"),
-    ("aiohttp decompress off", ["--upstream", "aiohttp-decompress-off"], ("non-stream", "stream"),
-     "auto_decompress=False"),
-    ("httpx", ["--upstream", "httpx"], ("non-stream", "stream"), "httpx.AsyncClient, default transport"),
-    ("raw httptools client", ["--upstream", "raw"], ("non-stream", "stream", "non-stream c=1"),
-     "prototype keep-alive client on asyncio protocols + httptools"),
+     "aiohttp with a new engine connection per request", "aiohttp client (fallback)"),
+    ("asyncio loop", ["--loop", "asyncio"], ("non-stream", "stream"), "stdlib event loop instead of uvloop",
+     "baseline"),
+    ("h11 parser", ["--http", "h11"], ("non-stream", "stream"), "uvicorn's pure-Python HTTP parser instead of httptools",
+     "baseline"),
+    ("access log on", ["--access-log"], ("non-stream",), "uvicorn access log to a file", "baseline"),
+    ("proxy headers off", ["--proxy-headers", "off"], ("non-stream", "stream"), "no X-Forwarded-* middleware",
+     "baseline"),
+    ("no Prometheus", ["--no-metrics"], ("non-stream", "stream"), "metrics object removed from the request path",
+     "baseline"),
     ("2 workers, SO_REUSEPORT", ["--workers", "2"], ("non-stream", "stream"),
-     "two processes on the same CPU sharing the port"),
+     "two processes on the same CPU sharing the port", "baseline"),
 ]
 
 
 def run(bench: Bench) -> dict[str, Any]:
     setup = Setup(window=bench.pick(1.0, 2.0), warmup=bench.pick(0.3, 0.5), reps=bench.pick(1, 2))
-    variants = VARIANTS if not bench.quick else [v for v in VARIANTS if v[0] in ("baseline", "raw httptools client")]
+    variants = VARIANTS if not bench.quick else [v for v in VARIANTS if v[0] in ("baseline", "aiohttp client (fallback)")]
     msgs = workload.messages_for(TOKENS)
     bodies = {"non-stream": ("bench", False, CONCURRENCY), "stream": ("paced", True, CONCURRENCY),
               "non-stream c=1": ("bench", False, 1)}
     out: dict[str, Any] = {"setup": setup.__dict__, "concurrency": CONCURRENCY, "points": [],
-                           "variants": {n: {"args": a, "modes": list(m), "what": w} for n, a, m, w in variants}}
+                           "variants": {n: {"args": a, "modes": list(m), "what": w, "ref": ref}
+                                        for n, a, m, w, ref in variants}}
     with procs.sims([sim_args("bench", 0), sim_args("paced", 1)]) as (zero, paced):
         pools = {"bench": {"endpoints": [zero.base_url], "max_concurrency": 4096},
                  "paced": {"endpoints": [paced.base_url], "max_concurrency": 4096}}
@@ -55,7 +58,7 @@ def run(bench: Bench) -> dict[str, Any]:
         sims = {"bench": zero, "paced": paced}
         order = [variants[0]] + variants[1:] + [variants[0]]  # baseline first and last
         for rep in range(setup.reps):
-            for i, (name, args, modes, _) in enumerate(order):
+            for i, (name, args, modes, _, _) in enumerate(order):
                 with procs.Gateway(f"tuning-{i}", yaml, bench.placement, launcher="bench", launch_args=args) as gw:
                     pids = gw.child_pids() if "--workers" in args else [gw.pid]
                     for mode in modes:
