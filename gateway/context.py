@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from .backends import Backend, Pool
 
 
-# Per request: enough for any answer of a few thousand tokens, and 1,000 concurrent
-# streams stay within ~256 MB in the worst case instead of growing without bound.
-DELIVERED_KEEP_BYTES = 256 * 1024
+# Per request, after trimming each event's envelope (~100 bytes per streamed token):
+# ~650 tokens are kept exactly, longer streams are extrapolated, and 1,000 concurrent
+# streams hold at most ~64 MB however long they run.
+DELIVERED_KEEP_BYTES = 64 * 1024
 
 
 @dataclass(eq=False)
@@ -43,22 +44,36 @@ class RequestContext:
     ended: float | None = None
     # Usage as reported by the engine (`usage` object), or None if it sent none.
     usage: dict[str, Any] | None = None
-    # Bytes of SSE `data:` events actually delivered to the client, kept only so a cut-short
-    # stream can be metered by counting what the client received.
-    delivered: list[bytes] = field(default_factory=list)
+    # What the client received, kept only so a cut-short stream can be metered by counting
+    # it: SSE `data:` events without their envelope (id, object, created, model), in one
+    # buffer (no per-event object), or a non-stream body. Read by metering.estimate.
+    delivered: list[bytes | bytearray] = field(default_factory=list)
     # Past DELIVERED_KEEP_BYTES only a count is kept (memory stays bounded however long
     # the stream); estimates extrapolate from the kept part.
     delivered_bytes: int = 0
+    delivered_events: int = 0
     delivered_dropped: int = 0
     completed: bool = False  # the engine finished normally (stream reached [DONE] / full body)
     admission: Any = None  # ratelimit admission token, settled when the request ends
 
     def keep_delivered(self, data: bytes) -> None:
-        if self.delivered_bytes < DELIVERED_KEEP_BYTES:
-            self.delivered.append(data)
-            self.delivered_bytes += len(data)
-        else:
+        if self.delivered_bytes >= DELIVERED_KEEP_BYTES:
             self.delivered_dropped += 1
+            return
+        if not self.delivered:
+            self.delivered.append(bytearray())
+        buf = self.delivered[0]
+        assert isinstance(buf, bytearray)
+        before = len(buf)
+        i = data.find(b'"choices"') if data.startswith(b"data: {") else -1
+        if i > 0:
+            # Only choices (and the usage after them) are ever read back.
+            buf += b"data: {"
+            buf += memoryview(data)[i:]
+        else:
+            buf += data
+        self.delivered_bytes += len(buf) - before
+        self.delivered_events += 1
 
     @property
     def ttft(self) -> float | None:

@@ -43,7 +43,7 @@ def prompt_tokens(endpoint: str, body: dict[str, Any] | None) -> int:
     return tokens.count_prompt(body.get("prompt"))
 
 
-def events(delivered: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+def events(delivered: Iterable[bytes | bytearray]) -> Iterator[dict[str, Any]]:
     """JSON objects in what was delivered: SSE `data:` events, or one whole non-stream body."""
     for chunk in delivered:
         stripped = chunk.strip()
@@ -119,11 +119,11 @@ def _add_str(parts: list[str], value: Any) -> None:
         parts.append(value)
 
 
-def completion_tokens(delivered: Iterable[bytes]) -> int:
+def completion_tokens(delivered: Iterable[bytes | bytearray]) -> int:
     return completion(delivered)[1]
 
 
-def completion(delivered: Iterable[bytes], dropped: int = 0) -> tuple[bool, int]:
+def completion(delivered: Iterable[bytes | bytearray], dropped: int = 0) -> tuple[bool, int]:
     """(whether any choice reached the client, completion tokens delivered).
 
     `dropped` events were relayed after the kept ones but not kept (a very long stream):
@@ -151,7 +151,7 @@ def completion(delivered: Iterable[bytes], dropped: int = 0) -> tuple[bool, int]
     return bool(choices), kept
 
 
-def reported_usage(delivered: Iterable[bytes]) -> dict[str, Any] | None:
+def reported_usage(delivered: Iterable[bytes | bytearray]) -> dict[str, Any] | None:
     """The last `usage` object in what was delivered, if the client itself received one."""
     found: dict[str, Any] | None = None
     for ev in events(delivered):

@@ -44,7 +44,7 @@ class _Pending:
 
     endpoint: str
     body: dict[str, Any] | None
-    delivered: list[bytes]
+    delivered: list[bytes | bytearray]
     dropped: int = 0  # events relayed past the context's keep limit
 
 

@@ -62,5 +62,5 @@ def used_tokens(ctx: RequestContext) -> int:
     if ctx.backend is None:
         return 0
     # Cut short: roughly one token per streamed event (the meter's ledger has the exact count).
-    out = len(ctx.delivered) + ctx.delivered_dropped if ctx.stream else ctx.delivered_bytes // 4
+    out = ctx.delivered_events + ctx.delivered_dropped if ctx.stream else ctx.delivered_bytes // 4
     return rough_prompt_tokens(ctx.endpoint, ctx.body) + out
