@@ -80,9 +80,9 @@ def _rss_line(sc: dict[str, Any]) -> str:
     line = (f"Peak RSS at 1,000 streams of 100 tokens: {ms['rss_peak_mb']:.0f} MB in this run{extra}, "
             f"{BEFORE['rss']} in the previous report, when every relayed event was kept.")
     if ms["rss_peak_mb"] >= 100:
-        line += (" The bound does not act at this load: a 100-token stream is ~20 KB of events, far below "
-                 "the 256 KiB kept per request, so 1,000 streams still hold ~20 MB of relayed events "
-                 "(the previous report measured 86-88 MB with none kept; see Open).")
+        line += (" Each kept event is now trimmed to its choices/usage and stored in one buffer per "
+                 "request (at most 64 KiB), about 10 KB per 100-token stream; the rest is per-connection "
+                 "state (see Open).")
     return line
 
 
@@ -151,12 +151,11 @@ def _rss_open(sc: dict[str, Any]) -> str:
     ms = sc.get("streams", {})
     if ms.get("rss_peak_mb", 0) < 100:
         return ""
-    return (f"- **1,000 streams above 100 MB** ({ms['rss_peak_mb']:.0f} MB peak). `RequestContext.delivered` "
-            "keeps up to 256 KiB per request, more than a whole 100-token stream, so the bound only limits very "
-            "long streams. It is read when the request ends (metering's usage lookup and estimates, the rate "
-            "limiter's event count). Options: a much smaller cap (e.g. 8-16 KiB, extrapolating from "
-            "`delivered_dropped` as the code already does), or keep only the last event (where the usage is) "
-            "plus counts. The previous report measured 86-88 MB with nothing kept.\n")
+    return (f"- **1,000 streams above 100 MB** ({ms['rss_peak_mb']:.0f} MB peak). The relayed events kept "
+            "for metering are trimmed and bounded (`RequestContext.keep_delivered`: envelope dropped, one "
+            "buffer, at most 64 KiB per request, ~10 MB at this load); the aiohttp fallback peaks ~10 MB lower, "
+            "so the remainder is per-connection state of the gateway's own upstream client (a parser and "
+            "buffers per engine connection) and of uvicorn. Not yet profiled with a heap tool.\n")
 
 
 def findings(res: dict[str, Any]) -> str:
@@ -186,7 +185,7 @@ measures the gateway as shipped, and the replaced pieces where they can still be
 2. **`sse.event_usage` with `rfind`** instead of a generator per event (0.83 -> 0.23 us per
    event, timeit): too small to separate from noise in CPU per request; part of the
    stream figures above.
-3. **`RequestContext.delivered` bounded** (`ctx.keep_delivered`: up to 256 KiB per request,
+3. **`RequestContext.delivered` bounded** (`ctx.keep_delivered`: trimmed events in one buffer, up to 64 KiB per request,
    then only counted in `delivered_dropped`). {_rss_line(sc)}
 4. **`speed_aware` is the default balancer.** {_balancing_line(sc)}
 5. **Engine queue gauges read every second** (`health.metrics_interval`, and
