@@ -169,12 +169,24 @@ async def _relay_stream(
     framer = sse.EventFramer()
     rewrite = plan.rewrite_event
     keep = ctx.keep_delivered
-    started_body = False
+
+    async def start() -> None:
+        ctx.status = resp.status
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        ctx.first_byte_at = time.monotonic()
+
     try:
         async for chunk in resp.content.iter_any():
             out: list[bytes] = []
             for ev in framer.feed(chunk):
-                if ev.startswith(b"data:") and not sse.is_done(ev):
+                if sse.is_done(ev):
+                    ctx.completed = True
+                    if plan.before_done is not None:
+                        held = plan.before_done()
+                        if held:
+                            keep(held)
+                            out.append(held)
+                elif ev.startswith(b"data:"):
                     usage = sse.event_usage(ev)
                     if usage is not None:
                         ctx.usage = usage
@@ -186,25 +198,15 @@ async def _relay_stream(
                             continue
                         ev = new
                     keep(ev)
-                elif sse.is_done(ev):
-                    ctx.completed = True
-                    if plan.before_done is not None:
-                        held = plan.before_done()
-                        if held:
-                            keep(held)
-                            out.append(held)
                 out.append(ev)
             if not out:
                 continue
-            if not started_body:
-                ctx.status = resp.status
-                await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-                started_body = True
-                ctx.first_byte_at = time.monotonic()
+            if ctx.first_byte_at is None:
+                await start()
             await send({"type": "http.response.body", "body": out[0] if len(out) == 1 else b"".join(out), "more_body": True})
-        rest = framer.rest()
         if not ctx.completed:
-            raise aiohttp.ClientPayloadError("stream ended without [DONE]" + (" (partial event dropped)" if rest else ""))
+            partial = " (partial event dropped)" if framer.rest() else ""
+            raise aiohttp.ClientPayloadError("stream ended without [DONE]" + partial)
     except (aiohttp.ClientError, TimeoutError) as e:
         # The engine died, stalled past stream_idle, or cut the stream: end it cleanly
         # with an error event the SDKs understand, never a hang.
@@ -213,20 +215,13 @@ async def _relay_stream(
             msg = "The backend stopped sending for longer than the stream idle timeout."
         else:
             msg = f"The backend failed mid-stream: {ctx.error}"
-        tail = sse_error_event(msg)
-        if not started_body:
-            if ctx.first_byte_at is None and isinstance(e, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
-                ctx.upstream_time += time.monotonic() - started
-            ctx.status = resp.status
-            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-            ctx.first_byte_at = time.monotonic()
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        if ctx.first_byte_at is None:
+            await start()
+        await send({"type": "http.response.body", "body": sse_error_event(msg), "more_body": False})
         ctx.upstream_time += time.monotonic() - started
         return
     ctx.upstream_time += time.monotonic() - started
-    if not started_body:
-        ctx.status = resp.status
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        ctx.first_byte_at = time.monotonic()
+    if ctx.first_byte_at is None:
+        await start()
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
