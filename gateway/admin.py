@@ -33,15 +33,11 @@ async def require_admin(request: Request) -> None:
 
 
 def _routers() -> list[APIRouter]:
-    # Imported here so that a subsystem's router is only loaded when the admin app is built.
+    # Imported here so that the admin app's FastAPI routes load only when first used.
     from .engines.admin_api import router as engines_router
+    from .metering.admin_api import router as usage_router
 
-    routers = [engines_router]
-    try:
-        from .metering.admin_api import router as usage_router
-    except ImportError:  # metering not installed in this build
-        return routers
-    return [*routers, usage_router]
+    return [engines_router, usage_router]
 
 
 def build_admin_app(state: GatewayState) -> FastAPI:

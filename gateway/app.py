@@ -18,6 +18,10 @@ from .auth import KeyRing, bearer
 from .config import GatewayConfig
 from .discovery import discover_until_known
 from .errors import GatewayError, invalid_api_key, model_not_found
+from .keystore import KeyStore
+from .metering import Meter
+from .metrics import Metrics
+from .ratelimit import Limiter
 from .state import GatewayState, build_names, build_pools
 from .upstream import make_session
 
@@ -146,17 +150,11 @@ class GatewayApp:
         s = self.state
         cfg = s.config
         s.http = make_session(cfg.server.upstream_client)
-        s.metrics = _optional("gateway.metrics", "Metrics", s)
+        s.metrics = Metrics(s)
         if cfg.metering.enabled:
-            meter_cls = _optional_cls("gateway.metering", "Meter")
-            if meter_cls is not None:
-                s.meter = await meter_cls.start(cfg)
-        limiter_cls = _optional_cls("gateway.ratelimit", "Limiter")
-        if limiter_cls is not None:
-            s.limiter = await limiter_cls.start(cfg, s.meter)
-        keystore_cls = _optional_cls("gateway.keystore", "KeyStore")
-        if keystore_cls is not None:
-            s.extras["keystore"] = await keystore_cls.start(cfg, s.keyring)
+            s.meter = await Meter.start(cfg)
+        s.limiter = await Limiter.start(cfg, s.meter)
+        s.extras["keystore"] = await KeyStore.start(cfg, s.keyring)
         if s.keyring.mode == "none":
             log.warning("auth.mode is `none`: every client is served without a key")
         # The supervisor also health-probes external endpoints, so it runs for every config.
@@ -210,23 +208,6 @@ async def _wake_pools(state: GatewayState) -> None:
         for pool in state.pools.values():
             if pool.queued:
                 pool.wake()
-
-
-def _optional_cls(module: str, name: str) -> Any:
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        return None
-    return getattr(mod, name, None)
-
-
-def _optional(module: str, name: str, *args: Any) -> Any:
-    cls = _optional_cls(module, name)
-    return cls(*args) if cls is not None else None
 
 
 def _only(method: str, allowed: str) -> None:

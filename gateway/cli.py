@@ -1,20 +1,17 @@
 """`gateway` command line: serve, check, keys, and the admin commands of each subsystem.
 
-Subsystems add their commands through `register(subparsers)` in their own `cli` module
-(listed in `_EXTENSIONS`), so this file does not grow with every feature.
+Subsystems add their commands through `register(subparsers, keys_subparsers)` in their
+own `cli` module, so this file does not grow with every feature.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from . import config as config_mod
-
-_EXTENSIONS = ("gateway.engines.cli", "gateway.metering.cli")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -73,14 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("secret", nargs="?")
     h.set_defaults(func=_cmd_keys_hash)
 
-    for modname in _EXTENSIONS:
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name != modname:
-                raise
-            continue
-        mod.register(sub, ksub)
+    from .engines import cli as engines_cli
+    from .metering import cli as metering_cli
+
+    engines_cli.register(sub, ksub)
+    metering_cli.register(sub, ksub)
     return p
 
 
