@@ -90,3 +90,16 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "ok (4 pools" in r.stdout
+
+
+def test_readme_config_example_is_a_valid_config() -> None:
+    """The README's annotated config must stay in step with the schema (unknown keys are errors)."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"## Configuration.*?```yaml\n(.*?)```", text, re.S)
+    assert m is not None
+    cfg = config.loads(m.group(1).replace("<hex>", "a" * 64), {"UPSTREAM_KEY": "k", "GATEWAY_ADMIN_KEY": "a"})
+    pool = cfg.pools["qwen3-8b"]
+    assert pool.spawn[0].replicas == 2 and pool.endpoints == ["http://10.0.0.7:8000/v1"]
+    assert cfg.server.upstream_client == "raw" and cfg.engines.endpoint_health.metrics_interval == 1
