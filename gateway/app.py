@@ -16,7 +16,6 @@ from . import inference
 from .asgi import Receive, Scope, Send, header, send_json, send_response
 from .auth import KeyRing, bearer
 from .config import GatewayConfig
-from .discovery import discover_until_known
 from .errors import GatewayError, invalid_api_key, model_not_found
 from .keystore import KeyStore
 from .metering import Meter
@@ -165,13 +164,6 @@ class GatewayApp:
             await s.supervisor.start()
         loop = asyncio.get_running_loop()
         s.extras["health_task"] = loop.create_task(_wake_pools(s))
-        s.extras["stop_discovery"] = stop = asyncio.Event()
-        s.extras["discovery"] = [
-            loop.create_task(discover_until_known(s.http, b, stop))
-            for p in s.pools.values()
-            for b in p.backends
-            if b.source == "endpoint"
-        ]
 
     async def shutdown(self) -> None:
         s = self.state
@@ -180,10 +172,6 @@ class GatewayApp:
         task = s.extras.pop("health_task", None)
         if task is not None:
             task.cancel()
-        if "stop_discovery" in s.extras:
-            s.extras.pop("stop_discovery").set()
-            for t in s.extras.pop("discovery", []):
-                t.cancel()
         # 2. Stop engines: their process groups get SIGTERM, then SIGKILL after the grace period.
         if s.supervisor is not None:
             await s.supervisor.stop()

@@ -3,7 +3,8 @@
 Engines reject requests for names they do not serve (vLLM answers 404), so the gateway
 must send each backend the name *it* serves, whatever alias the client used. Spawned
 engines' names come from their config; external ones are asked here, in the background,
-so the gateway never waits on an engine to list its own models.
+so the gateway never waits on an engine to list its own models (the supervisor's
+endpoint probe runs it beside the health checks).
 """
 
 from __future__ import annotations
@@ -42,14 +43,12 @@ async def discover(session: aiohttp.ClientSession, backend: Backend, wait: float
     return True
 
 
-async def discover_until_known(session: aiohttp.ClientSession, backend: Backend, stop: asyncio.Event) -> None:
-    """Retry discovery with backoff until it succeeds or `stop` is set (engine may be down)."""
+async def discover_until_known(session: aiohttp.ClientSession, backend: Backend) -> None:
+    """Retry discovery with backoff until it succeeds (the engine may be down); cancel to stop."""
     delay = 0.5
-    while not stop.is_set() and backend.served_model is None:
+    while backend.served_model is None:
         if await discover(session, backend):
             log.info("backend %s serves %r", backend.id, backend.served_model)
             return
-        try:
-            await asyncio.wait_for(stop.wait(), delay)
-        except TimeoutError:
-            delay = min(delay * 2, 30.0)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)

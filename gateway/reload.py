@@ -42,30 +42,27 @@ async def reload(state: GatewayState, path: str | None = None) -> dict[str, Any]
     new = await asyncio.to_thread(config_mod.load, path)  # file I/O off the event loop
     summary: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
 
-    new_endpoints = _apply_pools(state, new, summary)
+    _apply_pools(state, new, summary)
     state.names = build_names(new)
     state.keyring.load_config(new.auth)
     if new.auth != state.config.auth:
         summary["changed"].append("auth")
     state.config = new
     state.config_path = str(path)
-    _discover(state, new_endpoints)
 
     await _apply_engines(state, new, summary)
     log.info("config reloaded from %s: %s", path, summary)
     return summary
 
 
-def _apply_pools(state: GatewayState, new: GatewayConfig, summary: dict[str, list[str]]) -> list[Any]:
-    """Steps 2: create/update/remove pools and their endpoints. Returns added endpoint backends."""
-    added_endpoints = []
+def _apply_pools(state: GatewayState, new: GatewayConfig, summary: dict[str, list[str]]) -> None:
+    """Step 2: create/update/remove pools and their endpoints (the supervisor probes them)."""
     for name, pcfg in new.pools.items():
         pool = state.pools.get(name)
         if pool is None:
             pool = Pool(name, pcfg)
             for b in endpoint_backends(name, pcfg):
                 pool.add(b)
-                added_endpoints.append(b)
             state.pools[name] = pool
             summary["added"].append(f"pool {name}")
             continue
@@ -87,7 +84,6 @@ def _apply_pools(state: GatewayState, new: GatewayConfig, summary: dict[str, lis
         for bid, b in wanted.items():
             if bid not in have:
                 pool.add(b)
-                added_endpoints.append(b)
                 summary["added"].append(bid)
         pool.wake()  # more capacity or a new endpoint: queued requests may proceed
     for name in [n for n in state.pools if n not in new.pools]:
@@ -95,24 +91,11 @@ def _apply_pools(state: GatewayState, new: GatewayConfig, summary: dict[str, lis
         for b in [b for b in pool.backends if b.source != "spawned"]:
             pool.remove(b)
         summary["removed"].append(f"pool {name}")
-    return added_endpoints
 
 
 def _without_spawn(pcfg: Any) -> Any:
     # Engine spec changes are reported per engine by the supervisor.
     return pcfg.model_copy(update={"spawn": []})
-
-
-def _discover(state: GatewayState, backends: list[Any]) -> None:
-    """New external endpoints: ask what they serve, as the app does at start-up."""
-    stop = state.extras.get("stop_discovery")
-    if not backends or state.http is None or stop is None:
-        return
-    from .discovery import discover_until_known
-
-    loop = asyncio.get_running_loop()
-    tasks = state.extras.setdefault("discovery", [])
-    tasks += [loop.create_task(discover_until_known(state.http, b, stop)) for b in backends]
 
 
 async def _apply_engines(state: GatewayState, new: GatewayConfig, summary: dict[str, list[str]]) -> None:

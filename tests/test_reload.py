@@ -287,3 +287,28 @@ def test_replacement_short_of_devices_starts_what_fits_then_the_rest_after_old_o
             await sup.stop()
 
     run(main())
+
+
+def test_endpoint_added_by_reload_is_sent_the_name_it_serves(tmp_path: Path) -> None:
+    from gateway.sim.testing import SimProcess
+
+    fast = ["--ttft-ms", "1", "--itl-ms", "1"]
+    with SimProcess(["--served-model-name", "eng-a", *fast]) as a, SimProcess(["--served-model-name", "eng-b", *fast]) as b:
+        path = tmp_path / "gw.yaml"
+
+        def write(url: str) -> None:
+            path.write_text(auth_yaml() + f'store: "memory://"\npools:\n  m: {{endpoints: [{url}]}}\n')
+
+        write(a.base_url)
+        with GatewayServer(path.read_text(), config_path=str(path)) as gw, \
+                openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as c:
+            msgs = [{"role": "user", "content": "x"}]
+            assert c.chat.completions.create(model="m", messages=msgs, max_tokens=2).model == "m"  # type: ignore[arg-type]
+            write(b.base_url)
+            gw.call(lambda: reload(gw.state))
+            new = gw.state.pools["m"].backends
+            assert [x.url for x in new] == [b.base_url]
+            assert wait_until(lambda: new[0].served_model == "eng-b", 5)
+            r = c.chat.completions.create(model="m", messages=msgs, max_tokens=2)  # type: ignore[arg-type]
+            assert r.model == "m" and r.choices[0].message.content
+            assert b.metrics()["vllm:request_success_total"] == 1

@@ -19,6 +19,7 @@ import aiohttp
 
 from ..backends import Backend, BackendState, Pool
 from ..config import HealthConfig
+from ..discovery import discover_until_known
 from . import health
 
 log = logging.getLogger("gateway.engines")
@@ -68,25 +69,31 @@ class EndpointProbe:
         self._session = session
         self._on_change = on_change
         self.ready_since: float | None = time.monotonic() if backend.state is BackendState.READY else None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            health.monitor(
-                self._session(),
-                probe_target(self.backend, self.cfg),
-                self.backend,
-                self.cfg,
-                self._on_verdict,
-                healthy=self.backend.state is BackendState.READY,
+        loop = asyncio.get_running_loop()
+        session = self._session()
+        self._tasks = [
+            loop.create_task(
+                health.monitor(
+                    session,
+                    probe_target(self.backend, self.cfg),
+                    self.backend,
+                    self.cfg,
+                    self._on_verdict,
+                    healthy=self.backend.state is BackendState.READY,
+                ),
+                name=f"probe {self.backend.id}",
             ),
-            name=f"probe {self.backend.id}",
-        )
+            # The name it serves, for requests sent to it (engines reject names they do not serve).
+            loop.create_task(discover_until_known(session, self.backend), name=f"discover {self.backend.id}"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _on_verdict(self, ok: bool, detail: str) -> None:
         b = self.backend
