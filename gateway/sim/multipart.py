@@ -72,6 +72,20 @@ def boundary_of(content_type: str | None) -> bytes:
     return boundary
 
 
+def _next_delimiter(body: bytes, marker: bytes, start: int) -> int:
+    """Index of the next CRLF--boundary that IS a delimiter: followed by "--", or by optional
+    blanks and CRLF. A boundary-prefixed run of bytes inside the data (`--B-x`) is data."""
+    at = start
+    while True:
+        at = body.find(marker, at)
+        if at == -1:
+            raise MultipartError("multipart body has no closing boundary")
+        after = at + len(marker)
+        if body.startswith(b"--", after) or body[after:after + 64].lstrip(b" \t").startswith(b"\r\n"):
+            return at
+        at += 1
+
+
 def parse(body: bytes, boundary: bytes) -> list[Part]:
     delim = b"--" + boundary
     if body.startswith(delim):
@@ -109,8 +123,6 @@ def parse(body: bytes, boundary: bytes) -> list[Part]:
         if name is None:
             raise MultipartError("multipart part without Content-Disposition")
         data_start = head_end + 4
-        end = body.find(b"\r\n" + delim, data_start)
-        if end == -1:
-            raise MultipartError("multipart body has no closing boundary")
+        end = _next_delimiter(body, b"\r\n" + delim, data_start)
         parts.append(Part(name=name, filename=filename, content_type=ctype, data=body[data_start:end]))
         pos = end + 2 + len(delim)

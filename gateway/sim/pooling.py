@@ -147,7 +147,7 @@ class PoolingApi:
 
     async def score(self, req: Request, conn: Connection) -> None:
         body = load_body(req.body)
-        if "queries" in body or "documents" in body:  # newer request form
+        if "queries" in body:  # newer request form
             left, right = _text_list(body.get("queries"), "queries"), _text_list(body.get("documents"), "documents")
         else:
             left, right = _text_list(body.get("text_1"), "text_1"), _text_list(body.get("text_2"), "text_2")
