@@ -17,6 +17,8 @@ to a chat completion on the same engine and converts the answer back:
 - errors returned by the handler (unknown model 404, context length 400, engine failures) use
   Anthropic's shape `{"type": "error", "error": {"type": <vLLM error type>, "message"}}`;
   body validation errors do not (FastAPI answers them before the handler: OpenAI shape).
+- a pooling sim (no Messages handler in vLLM) answers 501 {"type": "error", "error":
+  {"type": "NotImplementedError", "message": "The model does not support Messages API"}}.
 - count_tokens: `{"input_tokens": N, "context_management": {"original_input_tokens": N}}`,
   N = the prompt tokens the same messages would have in /v1/messages.
 """
@@ -135,7 +137,7 @@ class MessagesApi:
             return
         try:
             if cfg.is_pooling:
-                raise ApiError(400, "The model does not support Messages API")
+                raise _not_implemented()
             ensure_served(model, cfg)
         except ApiError as exc:
             conn.send(exc.status, anthropic_error(exc))
@@ -160,7 +162,7 @@ class MessagesApi:
             opt_number(body, name)
         try:
             if cfg.is_pooling:
-                raise ApiError(400, "The model does not support Messages API")
+                raise _not_implemented()
             key = orjson.dumps([chat, tools], option=orjson.OPT_SORT_KEYS)
             greq = GenRequest(kind="chat", model=model, stream=stream, max_tokens=max_tokens, stop=stop,
                               prompts=[Prompt(key=key, tokens=tokens.count_chat_prompt(chat, tools))])
@@ -189,6 +191,12 @@ class MessagesApi:
             "id": msg_id, "type": "message", "role": "assistant", "content": content, "model": cfg.model_name,
             "stop_reason": _STOP_REASONS.get(plan.finish_reason),
             "usage": {"input_tokens": run.prompt_tokens, "output_tokens": plan.completion_tokens}}))
+
+
+def _not_implemented() -> ApiError:
+    # vLLM's router builds this from NotImplementedError, which create_error_response maps to 501
+    # (vllm/entrypoints/serve/exception_handling/error_response.py).
+    return ApiError(501, "The model does not support Messages API", "NotImplementedError")
 
 
 class _AnthropicError(ApiError):

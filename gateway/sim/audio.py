@@ -110,8 +110,8 @@ class AudioApi:
         stream = _bool_field(fields, "stream")
         include_usage = _bool_field(fields, "stream_include_usage")
         if include_usage and not stream:
-            raise BodyError("stream_include_usage", "value_error",
-                            "Value error, Stream options can only be defined when `stream=True`.")
+            raise BodyError("", "value_error", "Value error, Stream options can only be defined when `stream=True`.",
+                            param="stream_include_usage")
         if not cfg.transcription:
             raise bad_request("The model does not support Transcriptions API")
         ensure_served(fields.get("model") or cfg.model_name, cfg)

@@ -21,10 +21,11 @@ from gateway.sim.errors import ApiError
 class BodyError(ApiError):
     """A pydantic-level 400 (always OpenAI-shaped, whatever the route)."""
 
-    def __init__(self, field: str, kind: str, msg: str) -> None:
+    def __init__(self, field: str, kind: str, msg: str, param: str | None = None) -> None:
+        """`param` overrides the location: vLLM reports a VLLMValidationError's own parameter."""
         loc = "body" if not field else f"body.{field}"
         text = f"1 validation error:\n  {{'type': '{kind}', 'loc': '{loc}', 'msg': '{msg}'}}"
-        super().__init__(400, text, "Bad Request", loc)
+        super().__init__(400, text, "Bad Request", loc if param is None else param)
 
 
 def load_body(raw: bytes) -> dict[str, Any]:

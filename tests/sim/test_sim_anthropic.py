@@ -200,9 +200,10 @@ def test_auth_bearer_only_unless_x_api_key_accepted() -> None:
 
 def test_pooling_sim_has_no_messages_api() -> None:
     with SimProcess(["--served-model-name", "m", "--runner", "pooling", "--convert", "embed"]) as sim:
-        status, r = _post(sim, "/v1/messages", {"model": "m", "max_tokens": 5, "messages": MSGS})
-        assert status == 400 and r == {"type": "error", "error": {
-            "type": "BadRequestError", "message": "The model does not support Messages API"}}
+        expected = {"type": "error", "error": {"type": "NotImplementedError",
+                                               "message": "The model does not support Messages API"}}
+        assert _post(sim, "/v1/messages", {"model": "m", "max_tokens": 5, "messages": MSGS}) == (501, expected)
+        assert _post(sim, "/v1/messages/count_tokens", {"model": "m", "messages": MSGS}) == (501, expected)
 
 
 def test_stream_disconnect_aborts() -> None:

@@ -138,7 +138,8 @@ def test_errors(sim: SimProcess) -> None:
     assert status == 422 and r["error"]["message"] == "Expected 'file' to be a file-like object, not 'str'."
     assert _transcribe(sim, wav(1), response_format="srt").status_code == 400
     assert _transcribe(sim, wav(1), response_format="yaml").json()["error"]["param"] == "body.response_format"
-    assert _transcribe(sim, wav(1), stream_include_usage="true").status_code == 400
+    r1 = _transcribe(sim, wav(1), stream_include_usage="true")
+    assert r1.status_code == 400 and r1.json()["error"]["param"] == "stream_include_usage"
     r2 = httpx.post(f"{sim.base_url}/audio/transcriptions", files={"file": ("a.wav", wav(1))},
                     data={"model": "nope"}, timeout=10)
     assert r2.status_code == 404 and r2.json()["error"]["message"] == "The model `nope` does not exist."
