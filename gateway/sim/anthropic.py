@@ -209,6 +209,12 @@ class _AnthropicError(ApiError):
         return anthropic_error(self)
 
 
+def _message_start(run: Run, msg_id: str, model: str) -> bytes:
+    return _frame("message_start", {"type": "message_start", "message": {
+        "id": msg_id, "content": [], "model": model, "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": run.prompt_tokens, "output_tokens": 0}}})
+
+
 def _frame(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
@@ -233,9 +239,7 @@ async def _stream(run: Run, msg_id: str, model: str, conn: Connection) -> None:
     async with aclosing(run.steps(flush)) as steps:
         async for step in steps:
             if step == 0:  # vLLM sends message_start on the first chunk (the role chunk at TTFT)
-                flush.add(_frame("message_start", {"type": "message_start", "message": {
-                    "id": msg_id, "content": [], "model": model, "stop_reason": None, "stop_sequence": None,
-                    "usage": {"input_tokens": run.prompt_tokens, "output_tokens": 0}}}))
+                flush.add(_message_start(run, msg_id, model))
             kind, piece, _ = plan.deltas[step]
             want = "thinking" if kind == "reasoning" else "text"
             if not piece:
@@ -251,6 +255,9 @@ async def _stream(run: Run, msg_id: str, model: str, conn: Connection) -> None:
                      else {"type": "text_delta", "text": piece})
             flush.add(_frame("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
     stop_block()
+    plan = run.plan  # cut short if the engine aborted the request
+    if index < 0:  # nothing generated (an engine-side abort before the first token)
+        flush.add(_message_start(run, msg_id, model))
     flush.add(_frame("message_delta", {"type": "message_delta",
                                        "delta": {"stop_reason": _STOP_REASONS.get(plan.finish_reason)},
                                        "usage": {"input_tokens": run.prompt_tokens,

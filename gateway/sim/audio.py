@@ -44,7 +44,8 @@ from gateway.sim.textgen import ChoicePlan
 from gateway.sim.validation import BodyError
 
 MAX_AUDIO_BYTES = 25 * 1024 * 1024
-DECODER_START_TOKENS = 4  # <|startoftranscript|><|lang|><|transcribe|><|notimestamps|>
+# Whisper's <|startoftranscript|><|lang|><|transcribe|><|notimestamps|>, as 4 cl100k special ids
+DECODER_START_IDS = (100257, 100258, 100259, 100260)
 WORDS_PER_SECOND = 2.5
 _FORMATS = ("json", "text", "verbose_json")
 
@@ -123,15 +124,15 @@ class AudioApi:
         key = textgen.stable_hash(cfg.seed, "audio", audio)
         n_words = max(1, round(seconds * WORDS_PER_SECOND))
         plan = ChoicePlan(deltas=[("content", w, 1) for w in textgen.words(key, n_words)], completion_tokens=n_words)
-        prompt_tokens = DECODER_START_TOKENS + tokens.count_text(fields.get("prompt", ""))
+        ids = [*DECODER_START_IDS, *tokens.encode(fields.get("prompt", ""))]
         greq = GenRequest(kind="chat", model=cfg.model_name, stream=stream,
-                          prompts=[Prompt(key=audio[:64], tokens=prompt_tokens)])
+                          prompts=[Prompt(key=b"t" + orjson.dumps(ids), tokens=len(ids), ids=ids)])
         run = Run(self.st, greq, req, conn, plan=plan)
         if stream:
             await _stream(run, cfg.model_name, include_usage, conn)
             return
         await run.unary()
-        text = plan.text("content") or ""
+        text = run.plan.text("content") or ""
         if fmt == "text":
             conn.send(200, text.encode(), content_type=b"text/plain; charset=utf-8")
             return
@@ -159,6 +160,7 @@ async def _stream(run: Run, model: str, include_usage: bool, conn: Connection) -
             if step == last:
                 choice.update(finish_reason=plan.finish_reason, stop_reason=plan.stop_reason)
             flush.add(b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n")
+    plan = run.plan  # cut short if the engine aborted the request
     if include_usage:
         n = plan.completion_tokens
         flush.add(b"data: " + orjson.dumps({**head, "choices": [], "usage": {

@@ -191,7 +191,7 @@ class ResponsesApi:
             final = await _stream(run, shell, ids, conn)
         else:
             await run.unary()
-            final = _finished(shell, run.plan, run.prompt_tokens, ids)
+            final = _finished(shell, run, ids)
             conn.send(200, orjson.dumps(final))
         if store:
             answer = run.plan.text("content") or ""
@@ -221,12 +221,15 @@ def _message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]
     return {"id": item_id, "content": content, "role": "assistant", "status": status, "type": "message"}
 
 
-def _finished(shell: dict[str, Any], plan: ChoicePlan, prompt_tokens: int, ids: dict[str, str]) -> dict[str, Any]:
+def _finished(shell: dict[str, Any], run: Run, ids: dict[str, str]) -> dict[str, Any]:
+    """The final response; cached_tokens is what the prefix cache served (vLLM reports it here
+    unconditionally, unlike chat's prompt_tokens_details)."""
+    plan, prompt_tokens = run.plan, run.prompt_tokens
     reasoning_tokens = sum(n for kind, _, n in plan.deltas if kind == "reasoning")
     status = "incomplete" if plan.finish_reason == "length" else "completed"
     return {**shell, "output": _items(plan, ids), "status": status,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-            "usage": {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+            "usage": {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": run.cached_tokens},
                       "output_tokens": plan.completion_tokens,
                       "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
                       "total_tokens": prompt_tokens + plan.completion_tokens}}
@@ -297,7 +300,7 @@ async def _stream(run: Run, shell: dict[str, Any], ids: dict[str, str], conn: Co
             extra = {} if kind == "reasoning" else {"logprobs": []}
             ev.emit(delta_kind, item_id=ids[kind], output_index=out_index, content_index=0, delta=piece, **extra)
     close()
-    final = _finished(shell, plan, run.prompt_tokens, ids)
+    final = _finished(shell, run, ids)
     ev.emit("response.completed", response=final)
     flush.write()
     conn.end_stream()

@@ -13,11 +13,13 @@ vLLM itself serves these APIs by converting them to a chat request on the same e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 from gateway.sim.errors import ApiError
 from gateway.sim.generate import build_plans
 from gateway.sim.http import Connection, Request
+from gateway.sim.prefix_cache import RequestKv, output_ids
 from gateway.sim.protocol import GenRequest
 from gateway.sim.state import SimState
 from gateway.sim.textgen import ChoicePlan
@@ -50,11 +52,75 @@ class Run:
         self.conn = conn
         self.plan = plan if plan is not None else build_plans(st, greq, http)[0]
         cfg = st.cfg
-        self.ttft_s = (header_ms(http, "x-sim-ttft-ms", cfg.ttft_ms)
-                       + cfg.prefill_ms_per_token * greq.prompt_tokens) / 1000.0
+        self.ttft_fixed_ms = header_ms(http, "x-sim-ttft-ms", cfg.ttft_ms)
+        self.ttft_s = 0.0  # known at admission, once the cached prefix is known
         self.itl_s = header_ms(http, "x-sim-itl-ms", cfg.itl_ms) / 1000.0
+        self.cached_tokens = 0
+        self.kv: RequestKv | None = None
+        self.acquired = False
+        self.engine_aborted = False
+        self._timer: asyncio.Future[None] | None = None
         self.loop = asyncio.get_running_loop()
         self.t_arrive = self.loop.time()
+
+    # ---- admission (the same order as generate.Generation) ------------------------------
+    async def _admit(self) -> None:
+        """Engine awake -> batch slot -> KV blocks (the prefix cache may serve part of the prompt)."""
+        st = self.st
+        while True:
+            await st.engine.wait_awake()
+            await st.sched.acquire()
+            if not st.engine.is_sleeping:
+                break
+            st.sched.release()  # it fell asleep while we queued: wait for the wake-up again
+        self.acquired = True
+        st.engine.enter(self)
+        prompt = self.req.prompts[0]
+        self.kv = RequestKv(st.kv, [st.prompt_ids.get(prompt.key, prompt.ids)], [self.plan.completion_tokens])
+        self.cached_tokens = await self.kv.admit()
+        uncached = self.req.prompt_tokens - self.cached_tokens
+        self.ttft_s = (self.ttft_fixed_ms + st.cfg.prefill_ms_per_token * uncached) / 1000.0
+
+    def _leave(self, completed: bool) -> None:
+        st = self.st
+        if not self.acquired:
+            return
+        self.acquired = False
+        st.sched.release()
+        st.engine.leave(self)
+        if self.kv is not None:
+            outputs = None
+            if completed and st.kv.enabled:
+                text = self.plan.text("content")
+                eos = self.plan.finish_reason == "stop" and self.plan.stop_reason is None
+                outputs = [output_ids(text, eos) if text else []]
+            self.kv.release(outputs)
+            self.kv = None
+
+    def engine_abort(self) -> None:
+        """The engine drops this request (sleep mode=abort): it ends at its next step."""
+        self.engine_aborted = True
+        if self._timer is not None and not self._timer.done():
+            self._timer.set_result(None)
+
+    def _cut(self, steps: int) -> None:
+        """Keep what `steps` steps produced; the request finished with reason `abort`."""
+        p = self.plan
+        self.plan = dataclasses.replace(p, deltas=p.deltas[:steps], completion_tokens=p.tokens_in_first(steps),
+                                        finish_reason="abort", stop_reason=None)
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """asyncio.sleep, except that engine_abort() ends it early."""
+        delay = deadline - self.loop.time()
+        if delay > 0.0 and not self.engine_aborted:
+            timer: asyncio.Future[None] = self.loop.create_future()
+            self._timer = timer
+            handle = self.loop.call_later(delay, _resolve, timer)
+            try:
+                await timer
+            finally:
+                handle.cancel()
+                self._timer = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -66,22 +132,20 @@ class Run:
     async def unary(self) -> None:
         """Hold a slot for TTFT + (steps-1) x ITL; count the tokens (partially on abort)."""
         st, sched, plan = self.st, self.st.sched, self.plan
-        acquired = finished = False
+        finished = False
         ttft = itl = 0.0
         t0 = self.t_arrive
         try:
-            await sched.acquire()
-            acquired = True
+            await self._admit()
             t0 = self.loop.time()
             ttft = sched.jittered(self.ttft_s)
             itl = self.itl_s * sched.slowdown()
             total = ttft + sum(sched.jittered(itl) for _ in range(max(0, plan.steps - 1)))
-            if total > 0.0:
-                await asyncio.sleep(total)
+            await self._sleep_until(t0 + total)
             finished = True
         finally:
-            if acquired:
-                sched.release()
+            if self.acquired:
+                self._leave(finished and not self.engine_aborted)
                 if not finished:
                     elapsed = self.loop.time() - t0
                     if elapsed >= ttft:  # prefilled before the client left: count what was produced
@@ -91,6 +155,16 @@ class Run:
                         st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
             if not finished:
                 self._finish("abort")
+        if self.engine_aborted:
+            elapsed = self.loop.time() - t0
+            k = 0 if elapsed < ttft else plan.steps if itl <= 0.0 else 1 + int((elapsed - ttft) / itl)
+            self._cut(k)
+            if k > 0:
+                st.metrics.prompt_tokens += self.prompt_tokens
+                st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
+            st.metrics.generation_tokens += self.plan.completion_tokens
+            self._finish("abort")
+            return
         st.metrics.prompt_tokens += self.prompt_tokens
         st.metrics.generation_tokens += plan.completion_tokens
         st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
@@ -99,18 +173,22 @@ class Run:
     async def steps(self, flush: Flush) -> AsyncIterator[int]:
         """Yield each output step index when its time has come (the first after TTFT).
 
-        The caller formats and writes step i's event(s) with `flush` pending bytes before
-        the next sleep. Generation tokens count as the step is yielded (an abort keeps them),
-        and the stall/crash token faults act here, as in chat streams.
+        The caller formats step i's event(s) into `flush`, which is written before each
+        sleep. Generation tokens count as the step is yielded (a client abort keeps them),
+        and the stall/crash token faults act here, as in chat streams. After an engine-side
+        abort the iteration stops early and `self.plan` is cut to what was sent.
         """
         st, sched, plan, conn = self.st, self.st.sched, self.plan, self.conn
         faults = st.cfg.faults
-        acquired = finished = False
+        finished = False
         try:
-            await sched.acquire()
-            acquired = True
+            await self._admit()
             deadline = self.loop.time() + sched.jittered(self.ttft_s)
-            await _sleep_until(self.loop, deadline)
+            await self._sleep_until(deadline)
+            if self.engine_aborted:  # dropped before its first token
+                self._cut(0)
+                finished = True
+                return
             st.metrics.prompt_tokens += self.prompt_tokens
             st.metrics.ttft.observe(self.loop.time() - self.t_arrive)
             for step in range(plan.steps):
@@ -131,12 +209,14 @@ class Run:
                         continue  # overdue: coalesce into one write, as chat streams do
                 flush.write()
                 await conn.drain()
-                await _sleep_until(self.loop, deadline)
+                await self._sleep_until(deadline)
+                if self.engine_aborted and step < plan.steps - 1:
+                    self._cut(step + 1)
+                    break
             finished = True
         finally:
-            if acquired:
-                sched.release()
-            self._finish(plan.finish_reason if finished else "abort")
+            self._leave(finished and not self.engine_aborted)
+            self._finish(self.plan.finish_reason if finished else "abort")
 
 
 class Flush:
@@ -159,7 +239,6 @@ class Flush:
             self.events = []
 
 
-async def _sleep_until(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-    delay = deadline - loop.time()
-    if delay > 0.0:
-        await asyncio.sleep(delay)
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

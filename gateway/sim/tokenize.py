@@ -9,16 +9,13 @@ prefix, so `--api-key` does not guard them, and they never reach the engine (no 
 
 Counts agree with the rest of the sim by construction: a prompt tokenizes to
 `tokens.count_text(prompt)` ids; messages render to exactly `tokens.count_chat_prompt(...)`
-ids (3 when add_generation_prompt is false fewer). The chat "template" frames each message
-as `<|fim_prefix|> ROLE <|fim_middle|> CONTENT <|fim_suffix|>` and primes the reply with
-`<|fim_prefix|> assistant <|fim_middle|>`: cl100k has no <|im_start|>, so its three
-special tokens stand in for ChatML's framing, giving the fixed per-message overhead that
-gateway.tokens uses.
+ids (3 fewer when add_generation_prompt is false): the same ChatML-like rendering the
+prefix cache hashes (prefix_cache.render_chat), so a client can predict cache hits. Its
+<|im_start|>/<|im_end|> ids are not cl100k tokens; /detokenize spells them out.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import orjson
@@ -26,34 +23,18 @@ import orjson
 from gateway import tokens
 from gateway.sim.errors import bad_request
 from gateway.sim.http import Connection, Request
+from gateway.sim.prefix_cache import IM_END, IM_START, render_chat
 from gateway.sim.protocol import ensure_served
 from gateway.sim.state import SimState
 from gateway.sim.validation import BodyError, load_body, opt_bool, opt_str
 
-FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = 100258, 100259, 100260
+_SPECIAL_TEXT = {IM_START: "<|im_start|>", IM_END: "<|im_end|>"}  # not in cl100k; the sim's chat framing
 
 
-def _content_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p["text"] if isinstance(p, dict) and isinstance(p.get("text"), str) else
-                       (p if isinstance(p, str) else "") for p in content)
-    return str(content)
-
-
-def render_chat(messages: list[dict[str, Any]], tools: list[Any] | None, add_generation_prompt: bool) -> list[int]:
-    ids: list[int] = []
-    for m in messages:
-        ids += [FIM_PREFIX, *tokens.encode(str(m.get("role", ""))), FIM_MIDDLE,
-                *tokens.encode(_content_text(m.get("content"))), FIM_SUFFIX]
-    if tools:
-        ids += tokens.encode(json.dumps(tools, separators=(",", ":"), sort_keys=True))
-    if add_generation_prompt:
-        ids += [FIM_PREFIX, *tokens.encode("assistant"), FIM_MIDDLE]
-    return ids
+def chat_ids(messages: list[dict[str, Any]], tools: list[Any] | None, add_generation_prompt: bool) -> list[int]:
+    """The ids the prefix cache hashes for this chat prompt (prefix_cache.render_chat)."""
+    ids = render_chat(messages, tools)
+    return ids if add_generation_prompt else ids[:len(ids) - tokens.REPLY_PRIMING_TOKENS]
 
 
 class TokenizeApi:
@@ -74,7 +55,7 @@ class TokenizeApi:
             tools = body.get("tools")
             if tools is not None and not isinstance(tools, list):
                 raise BodyError("tools", "list_type", "Input should be a valid list")
-            ids = render_chat(messages, tools or None, opt_bool(body, "add_generation_prompt", default=True))
+            ids = chat_ids(messages, tools or None, opt_bool(body, "add_generation_prompt", default=True))
         elif "prompt" in body:
             prompt = body["prompt"]
             if not isinstance(prompt, str):
@@ -83,7 +64,7 @@ class TokenizeApi:
         else:
             raise BodyError("prompt", "missing", "Field required")
         self._check_model(body)
-        strs = [tokens.decode([t]) for t in ids] if opt_bool(body, "return_token_strs") else None
+        strs = [_decode([t]) for t in ids] if opt_bool(body, "return_token_strs") else None
         conn.send(200, orjson.dumps({"count": len(ids), "max_model_len": self.st.cfg.max_model_len,
                                      "tokens": ids, "token_strs": strs}))
 
@@ -96,11 +77,25 @@ class TokenizeApi:
             raise BodyError("tokens", "list_type", "Input should be a valid list of integers")
         self._check_model(body)
         n_vocab = tokens.encoding().n_vocab
-        bad = [t for t in ids if t < 0 or t >= n_vocab]
+        bad = [t for t in ids if (t < 0 or t >= n_vocab) and t not in _SPECIAL_TEXT]
         if bad:
             raise bad_request(f"Token id {bad[0]} is out of vocabulary", "tokens")
         try:
-            text = tokens.decode(ids)
+            text = _decode(ids)
         except (KeyError, ValueError):
             raise bad_request("tokens contain ids that cannot be decoded", "tokens") from None
         conn.send(200, orjson.dumps({"prompt": text}))
+
+
+def _decode(ids: list[int]) -> str:
+    """cl100k decode, with the chat framing ids spelled out as vLLM prints special tokens."""
+    out: list[str] = []
+    run: list[int] = []
+    for t in ids:
+        if t in _SPECIAL_TEXT:
+            out += [tokens.decode(run), _SPECIAL_TEXT[t]]
+            run = []
+        else:
+            run.append(t)
+    out.append(tokens.decode(run))
+    return "".join(out)
