@@ -4,16 +4,20 @@ Mirrors vllm/entrypoints/anthropic/{api_router,serving,protocol}.py, which conve
 to a chat completion on the same engine and converts the answer back:
 - non-stream: `AnthropicMessagesResponse.model_dump(exclude_none=True)`:
   `{"id": "chatcmpl-...", "type": "message", "role": "assistant", "content": [...], "model",
-  "stop_reason", "usage": {"input_tokens", "output_tokens"}}` — `stop_sequence` is None and so
-  ABSENT; stop_reason maps stop -> end_turn, length -> max_tokens (a stop string also gives
-  end_turn). Reasoning (`--reasoning field`) becomes a `thinking` block (with a random hex
-  `signature`) before the `text` block; an empty answer has no text block.
+  "stop_reason", ["stop_sequence",] "usage": {"input_tokens", "output_tokens"}}`; stop_reason:
+  EOS -> end_turn, length -> max_tokens, a matched stop string -> stop_sequence (and only then
+  the `stop_sequence` key, holding the string), abort -> null. Reasoning (`--reasoning field`)
+  becomes a `thinking` block (random hex `signature`) before the `text` block; an empty
+  completion is a single empty text block.
 - stream: frames `event: <type>\\ndata: <json>\\n\\n`, fields dumped with exclude_unset:
-  message_start (its `message` has id, content [], model, stop_reason/stop_sequence null and
-  usage {input_tokens: N, output_tokens: 0} but NO type/role keys), content_block_start,
-  content_block_delta (thinking_delta / text_delta; a thinking block ends with a
-  signature_delta), content_block_stop, message_delta ({"delta": {"stop_reason"}, "usage":
+  message_start (`message` with id, type, role, content [], model, stop_reason/stop_sequence
+  null, usage {input_tokens: N, output_tokens: 0}), content_block_start, content_block_delta
+  (thinking_delta / text_delta; a thinking block ends with a signature_delta),
+  content_block_stop, message_delta ({"delta": {"stop_reason", "stop_sequence"}, "usage":
   {"input_tokens", "output_tokens"}}), message_stop. No ping events.
+- usage with --enable-prompt-tokens-details (final usage only): input_tokens excludes
+  cache_read_input_tokens (prefix-cache hits) and cache_creation_input_tokens (full prompt
+  blocks newly cached), which are reported beside it.
 - errors returned by the handler (unknown model 404, context length 400, engine failures) use
   Anthropic's shape `{"type": "error", "error": {"type": <vLLM error type>, "message"}}`;
   body validation errors do not (FastAPI answers them before the handler: OpenAI shape).
@@ -33,16 +37,40 @@ from typing import Any
 import orjson
 
 from gateway import tokens
-from gateway.sim.errors import ApiError
+from gateway.sim.errors import ApiError, not_supported
 from gateway.sim.http import Connection, Request
 from gateway.sim.protocol import GenRequest, Prompt, check_context, ensure_served
 from gateway.sim.state import SimState
 from gateway.sim.steps import Flush, Run, maybe_fail
+from gateway.sim.textgen import ChoicePlan
 from gateway.sim.validation import BodyError, load_body, opt_bool, opt_int, opt_number, opt_str_list, req_str
 
 _ROLES = ("user", "assistant", "system")
 _BLOCK_TYPES = ("text", "image", "tool_use", "tool_result", "tool_reference", "thinking", "redacted_thinking")
-_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+def stop_of(plan: ChoicePlan) -> tuple[str | None, str | None]:
+    """(stop_reason, stop_sequence) as vLLM 0.32's _to_anthropic_stop_reason maps a finish: length ->
+    max_tokens; a matched stop string -> stop_sequence + the string; EOS -> end_turn; abort -> None."""
+    if plan.finish_reason == "length":
+        return "max_tokens", None
+    if plan.finish_reason not in ("stop", "tool_calls"):
+        return None, None
+    if plan.stop_reason is not None:
+        return "stop_sequence", plan.stop_reason
+    return "end_turn", None
+
+
+def usage_of(run: Run, final: bool) -> dict[str, int]:
+    """vLLM 0.32's _build_anthropic_usage. Only the final usage carries prompt_tokens_details (and
+    only with --enable-prompt-tokens-details); then input_tokens excludes the cache reads and
+    writes, which are reported beside it, so input + cache_read + cache_creation = the prompt."""
+    out = {"input_tokens": run.prompt_tokens, "output_tokens": run.plan.completion_tokens if final else 0}
+    if final and run.st.cfg.kv.enable_prompt_tokens_details:
+        read, write = run.cached_tokens, run.cache_write_tokens
+        out.update(input_tokens=max(0, run.prompt_tokens - read - write), cache_creation_input_tokens=write,
+                   cache_read_input_tokens=read)
+    return out
 
 
 def anthropic_error(exc: ApiError) -> bytes:
@@ -187,16 +215,19 @@ class MessagesApi:
         text = plan.text("content")
         if text:
             content.append({"type": "text", "text": text})
-        conn.send(200, orjson.dumps({
-            "id": msg_id, "type": "message", "role": "assistant", "content": content, "model": cfg.model_name,
-            "stop_reason": _STOP_REASONS.get(plan.finish_reason),
-            "usage": {"input_tokens": run.prompt_tokens, "output_tokens": plan.completion_tokens}}))
+        if not content:  # vLLM 0.32: an empty completion is one empty text block, not []
+            content.append({"type": "text", "text": ""})
+        stop_reason, stop_sequence = stop_of(plan)
+        body: dict[str, Any] = {"id": msg_id, "type": "message", "role": "assistant", "content": content,
+                                "model": cfg.model_name, "stop_reason": stop_reason}
+        if stop_sequence is not None:  # dumped with exclude_none
+            body["stop_sequence"] = stop_sequence
+        body["usage"] = usage_of(run, final=True)
+        conn.send(200, orjson.dumps(body))
 
 
 def _not_implemented() -> ApiError:
-    # vLLM's router builds this from NotImplementedError, which create_error_response maps to 501
-    # (vllm/entrypoints/serve/exception_handling/error_response.py).
-    return ApiError(501, "The model does not support Messages API", "NotImplementedError")
+    return not_supported("Messages API")
 
 
 class _AnthropicError(ApiError):
@@ -211,8 +242,8 @@ class _AnthropicError(ApiError):
 
 def _message_start(run: Run, msg_id: str, model: str) -> bytes:
     return _frame("message_start", {"type": "message_start", "message": {
-        "id": msg_id, "content": [], "model": model, "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": run.prompt_tokens, "output_tokens": 0}}})
+        "id": msg_id, "type": "message", "role": "assistant", "content": [], "model": model,
+        "stop_reason": None, "stop_sequence": None, "usage": usage_of(run, final=False)}})
 
 
 def _frame(kind: str, data: dict[str, Any]) -> bytes:
@@ -258,10 +289,10 @@ async def _stream(run: Run, msg_id: str, model: str, conn: Connection) -> None:
     plan = run.plan  # cut short if the engine aborted the request
     if index < 0:  # nothing generated (an engine-side abort before the first token)
         flush.add(_message_start(run, msg_id, model))
+    stop_reason, stop_sequence = stop_of(plan)
     flush.add(_frame("message_delta", {"type": "message_delta",
-                                       "delta": {"stop_reason": _STOP_REASONS.get(plan.finish_reason)},
-                                       "usage": {"input_tokens": run.prompt_tokens,
-                                                 "output_tokens": plan.completion_tokens}}))
+                                       "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                                       "usage": usage_of(run, final=True)}))
     flush.add(_frame("message_stop", {"type": "message_stop"}))
     flush.write()
     conn.end_stream()

@@ -21,7 +21,7 @@ from gateway.sim.anthropic import MessagesApi
 from gateway.sim.audio import AudioApi
 from gateway.sim.config import SimConfig
 from gateway.sim.dev_routes import dev_routes
-from gateway.sim.errors import ApiError, bad_request, error_body
+from gateway.sim.errors import ApiError, error_body, not_supported
 from gateway.sim.generate import Generation
 from gateway.sim.http import Connection, Request
 from gateway.sim.pooling import PoolingApi
@@ -198,12 +198,12 @@ class SimApp:
 
     async def _chat(self, req: Request, conn: Connection) -> None:
         if self.cfg.is_pooling:
-            raise bad_request("The model does not support Chat Completions API")
+            raise not_supported("Chat Completions API")
         await self._generate(parse_chat(req.body, self.cfg), req, conn)
 
     async def _completions(self, req: Request, conn: Connection) -> None:
         if self.cfg.is_pooling:
-            raise bad_request("The model does not support Completions API")
+            raise not_supported("Completions API")
         await self._generate(parse_completion(req.body, self.cfg), req, conn)
 
     async def _generate(self, greq: Any, req: Request, conn: Connection) -> None:
@@ -217,7 +217,7 @@ class SimApp:
     async def _embeddings(self, req: Request, conn: Connection) -> None:
         cfg, st = self.cfg, self.st
         if not cfg.embedding:
-            raise bad_request("The model does not support Embeddings API")
+            raise not_supported("Embeddings API")
         ereq = parse_embedding(req.body, cfg)
         self._maybe_fail()
         loop = asyncio.get_running_loop()

@@ -8,12 +8,12 @@ Mirrors vLLM's speech-to-text server (vllm/entrypoints/openai/speech_to_text/, p
   A body that is not valid multipart -> 400 "There was an error parsing the body" (FastAPI).
 - json: `{"text": T, "usage": {"type": "duration", "seconds": ceil(audio seconds)}}`; text:
   the bare text as text/plain; verbose_json: `{"duration", "language", "text", "segments", "words"}`.
-- stream: chunks `data: {"id": "trsc-...", "object": "transcription.chunk", "created", "model",
+- stream: chunks `data: {"id": "transcribe-...", "object": "transcription.chunk", "created", "model",
   "choices": [{"delta": {"content": piece}}]}` (exclude_unset: finish_reason/stop_reason appear
   only on the last token's choice), with `stream_include_usage` a final `"choices": []` chunk
   with `usage {prompt_tokens, completion_tokens, total_tokens}`, then `data: [DONE]`.
-- a sim that is not a transcription model answers 400 "The model does not support
-  Transcriptions API".
+- a sim that is not a transcription model answers 501 NotImplementedError "The model does not
+  support Transcriptions API" (vLLM 0.32's routers raise NotImplementedError).
 
 Output is deterministic per audio bytes (blake2b of the file); ~2.5 words per second of
 audio, each word one cl100k token, so generation tokens = words. Duration comes from a WAV
@@ -34,7 +34,7 @@ import orjson
 
 from gateway import tokens
 from gateway.sim import textgen
-from gateway.sim.errors import ApiError, bad_request
+from gateway.sim.errors import ApiError, bad_request, not_supported
 from gateway.sim.http import Connection, Request
 from gateway.sim.multipart import MultipartError, Part, boundary_of, parse
 from gateway.sim.protocol import GenRequest, Prompt, ensure_served
@@ -114,7 +114,7 @@ class AudioApi:
             raise BodyError("", "value_error", "Value error, Stream options can only be defined when `stream=True`.",
                             param="stream_include_usage")
         if not cfg.transcription:
-            raise bad_request("The model does not support Transcriptions API")
+            raise not_supported("Transcriptions API")
         ensure_served(fields.get("model") or cfg.model_name, cfg)
         audio = files["file"].data
         if len(audio) > MAX_AUDIO_BYTES:
@@ -151,7 +151,8 @@ async def _stream(run: Run, model: str, include_usage: bool, conn: Connection) -
     conn.start_stream()
     flush = Flush(conn)
     plan = run.plan
-    head = {"id": "trsc-" + os.urandom(16).hex(), "object": "transcription.chunk", "created": int(time.time()),
+    # vLLM 0.32 names the stream f"{task_type}-{request id}", task_type "transcribe"
+    head = {"id": "transcribe-" + os.urandom(16).hex(), "object": "transcription.chunk", "created": int(time.time()),
             "model": model}
     last = plan.steps - 1
     async with aclosing(run.steps(flush)) as steps:

@@ -6,16 +6,17 @@ classify`, e.g. a *-reranker model) scores each (query, document) pair; an embed
 same: classify scores are deterministic numbers in (0, 1) seeded by the pair's text, embed
 scores are the cosine of the very vectors /v1/embeddings returns for the two texts.
 
-Shapes (vllm/entrypoints/pooling/score/protocol.py, JSONResponse(model_dump())):
-- rerank: `{"id": "rerank-...", "model", "usage": {"prompt_tokens", "total_tokens"},
+Shapes (vLLM 0.32 vllm/entrypoints/pooling/scoring/{protocol,serving}.py, JSONResponse(model_dump());
+ServingScores.request_id_prefix is "score" for both routes):
+- rerank: `{"id": "score-...", "model", "usage": {"prompt_tokens", "total_tokens"},
   "results": [{"index", "document": {"text", "multi_modal": null}, "relevance_score"}]}`,
   best first, cut to `top_n` when top_n > 0.
 - score: `{"id": "score-...", "object": "list", "created", "model", "data": [{"index",
   "object": "score", "score"}], "usage": {"prompt_tokens", "total_tokens", "completion_tokens": 0,
   "prompt_tokens_details": null}}`; `text_1`/`text_2` (or `queries`/`documents`) pair up 1:1,
   1:N or N:N, else 400.
-- a generative (chat) sim answers 400 "The model does not support Rerank (Score) API" /
-  "... Score API", as vLLM does when no score handler exists.
+- a generative (chat) sim answers 501 NotImplementedError "The model does not support Rerank
+  (Score) API" / "... Score API", as vLLM 0.32 does when no score handler exists.
 
 Prompt tokens: cross-encoder = cl100k tokens of query + document per pair (cl100k has no
 [CLS]/[SEP]); embed = tokens of every text embedded. They count in
@@ -34,7 +35,7 @@ import orjson
 
 from gateway import tokens
 from gateway.sim import textgen
-from gateway.sim.errors import ApiError, bad_request
+from gateway.sim.errors import ApiError, bad_request, not_supported
 from gateway.sim.http import Connection, Request
 from gateway.sim.protocol import ensure_served
 from gateway.sim.state import SimState
@@ -117,7 +118,7 @@ class PoolingApi:
     def _model(self, body: dict[str, Any], api: str) -> str:
         cfg = self.st.cfg
         if not cfg.is_pooling:
-            raise bad_request(f"The model does not support {api}")
+            raise not_supported(api)
         model = opt_str(body, "model") or cfg.model_name  # optional in vLLM's pooling requests
         ensure_served(model, cfg)
         return model
@@ -140,7 +141,7 @@ class PoolingApi:
         if 0 < top_n < len(order):
             order = order[:top_n]
         conn.send(200, orjson.dumps({
-            "id": "rerank-" + os.urandom(16).hex(), "model": self.st.cfg.model_name,
+            "id": "score-" + os.urandom(16).hex(), "model": self.st.cfg.model_name,  # vLLM 0.32: score- prefix too
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
             "results": [{"index": i, "document": {"text": docs[i], "multi_modal": None},
                          "relevance_score": scores[i]} for i in order]}))

@@ -17,6 +17,7 @@ protocol.py, simple_streaming_events.py, api_router.py):
   invalid_request_error, param response_id); cancel of a finished (synchronous) response ->
   400 "Cannot cancel a synchronous response.". `previous_response_id` must name a stored
   response (else that 404); its conversation is prepended to the prompt, as vLLM's msg_store.
+- a pooling sim answers 501 NotImplementedError "The model does not support Responses API".
 - `background` is not simulated: without the store it gets vLLM's 400, with it a 400 saying so.
 """
 
@@ -31,7 +32,7 @@ from typing import Any
 import orjson
 
 from gateway import tokens
-from gateway.sim.errors import ApiError, bad_request
+from gateway.sim.errors import ApiError, not_supported
 from gateway.sim.http import Connection, Request
 from gateway.sim.protocol import GenRequest, Prompt, ensure_served
 from gateway.sim.state import SimState
@@ -127,7 +128,7 @@ class ResponsesApi:
         """Raises ApiError for the caller to render (OpenAI error shape)."""
         cfg = self.st.cfg
         if cfg.is_pooling:
-            raise bad_request("The model does not support Responses API")
+            raise not_supported("Responses API")
         body = load_body(req.body)
         model = opt_str(body, "model") or cfg.model_name  # vLLM: model is optional here
         if "input" not in body:
@@ -184,7 +185,8 @@ class ResponsesApi:
             "reasoning": body.get("reasoning"), "service_tier": body.get("service_tier") or "auto",
             "status": "in_progress", "text": body.get("text"), "top_logprobs": body.get("top_logprobs") or 0,
             "truncation": body.get("truncation") or "disabled", "usage": None, "user": body.get("user"),
-            "input_messages": None, "output_messages": None,
+            "presence_penalty": body.get("presence_penalty"), "frequency_penalty": body.get("frequency_penalty"),
+            "kv_transfer_params": None, "ec_transfer_params": None, "input_messages": None, "output_messages": None,
         }
         ids = {"reasoning": "rs_" + os.urandom(16).hex(), "content": "msg_" + os.urandom(16).hex()}
         if stream:
@@ -229,9 +231,15 @@ def _finished(shell: dict[str, Any], run: Run, ids: dict[str, str]) -> dict[str,
     status = "incomplete" if plan.finish_reason == "length" else "completed"
     return {**shell, "output": _items(plan, ids), "status": status,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-            "usage": {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": run.cached_tokens},
+            "usage": {"input_tokens": prompt_tokens,
+                      "input_tokens_details": {"cached_tokens": run.cached_tokens,
+                                               "cache_write_tokens": run.cache_write_tokens,
+                                               "input_tokens_per_turn": [prompt_tokens],
+                                               "cached_tokens_per_turn": [run.cached_tokens]},
                       "output_tokens": plan.completion_tokens,
-                      "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+                      "output_tokens_details": {"reasoning_tokens": reasoning_tokens, "tool_output_tokens": 0,
+                                                "output_tokens_per_turn": [plan.completion_tokens],
+                                                "tool_output_tokens_per_turn": [0]},
                       "total_tokens": prompt_tokens + plan.completion_tokens}}
 
 

@@ -126,6 +126,16 @@ class Run:
     def prompt_tokens(self) -> int:
         return self.req.prompt_tokens
 
+    @property
+    def cache_write_tokens(self) -> int:
+        """Prompt tokens this request writes into the prefix cache: its full blocks not already
+        cached (vLLM 0.32's num_cache_creation_tokens, "prompt tokens counted as local prefix-cache
+        writes"; the sim's reading of it). 0 with prefix caching off."""
+        kv = self.st.kv
+        if not kv.enabled:
+            return 0
+        return max(0, self.prompt_tokens // kv.block_size * kv.block_size - self.cached_tokens)
+
     def _finish(self, reason: str) -> None:
         self.st.metrics.finished([reason], self.loop.time() - self.t_arrive)
 

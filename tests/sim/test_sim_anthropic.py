@@ -77,7 +77,7 @@ def test_max_tokens_and_stop_sequence(sim: SimProcess) -> None:
                                               "stop_sequences": [stop]})
     text = cut["content"][0]["text"]
     assert stop not in text and full["content"][0]["text"].startswith(text)
-    assert cut["stop_reason"] == "end_turn"  # vLLM maps any "stop" finish to end_turn
+    assert cut["stop_reason"] == "stop_sequence" and cut["stop_sequence"] == stop  # vLLM 0.32
     assert cut["usage"]["output_tokens"] == tokens.count_text(text)
 
 
@@ -89,7 +89,8 @@ def test_stream_events_and_usage(sim: SimProcess) -> None:
     assert kinds[-4:] == ["content_block_delta", "content_block_stop", "message_delta", "message_stop"]
     start = events[0][1]["message"]
     n_in = tokens.count_chat_prompt(MSGS)
-    assert "role" not in start and "type" not in start  # vLLM dumps it with exclude_unset
+    assert start["type"] == "message" and start["role"] == "assistant"  # set explicitly in 0.32 (issue #45367)
+    assert start["stop_reason"] is None and start["stop_sequence"] is None
     assert start["usage"] == {"input_tokens": n_in, "output_tokens": 0} and start["content"] == []
     assert events[1][1] == {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
     deltas = [d["delta"] for k, d in events if k == "content_block_delta"]
@@ -97,7 +98,7 @@ def test_stream_events_and_usage(sim: SimProcess) -> None:
     text = "".join(d["text"] for d in deltas)
     assert events[-3][1] == {"type": "content_block_stop", "index": 0}
     md = events[-2][1]
-    assert md["delta"] == {"stop_reason": "end_turn"}
+    assert md["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
     assert md["usage"] == {"input_tokens": n_in, "output_tokens": tokens.count_text(text)}
     assert md["usage"]["output_tokens"] == len(deltas)
     status, unary = _post(sim, "/v1/messages", {"model": "m", "max_tokens": 300, "messages": MSGS})
@@ -219,3 +220,23 @@ def test_stream_disconnect_aborts() -> None:
         assert time.monotonic() - t0 < 2.0
         m = sim.metrics()
         assert m['vllm:request_success_total{engine="0",model_name="m",finished_reason="abort"}'] == 1
+
+
+def test_stop_sequence_in_stream_and_cache_usage_with_prompt_tokens_details() -> None:
+    with SimProcess([*ARGS, "--enable-prompt-tokens-details"]) as sim:
+        long_msgs = [{"role": "user", "content": "shared prefix " * 40}]
+        body = {"model": "m", "max_tokens": 300, "messages": long_msgs}
+        status, first = _post(sim, "/v1/messages", body)
+        words = first["content"][0]["text"].split(" ")
+        events = _sse(sim, {**body, "stream": True, "stop_sequences": [" " + words[2]]})
+        start = events[0][1]["message"]["usage"]
+        md = next(d for k, d in events if k == "message_delta")
+        assert md["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": " " + words[2]}
+        n = tokens.count_chat_prompt(long_msgs)
+        assert start == {"input_tokens": n, "output_tokens": 0}  # the first chunk has no cache details
+        u = md["usage"]
+        assert u["cache_read_input_tokens"] > 0 and u["cache_read_input_tokens"] % 16 == 0  # whole cached blocks
+        assert u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"] == n
+        u1 = first["usage"]
+        assert u1["cache_read_input_tokens"] == 0 and u1["cache_creation_input_tokens"] == n // 16 * 16
+        assert u1["input_tokens"] == n - u1["cache_creation_input_tokens"]

@@ -112,7 +112,7 @@ def test_stream_chunks_and_usage(sim: SimProcess) -> None:
         lines = [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
     assert lines[-1] == "[DONE]"
     chunks: list[dict[str, Any]] = [json.loads(x) for x in lines[:-1]]
-    assert all(c["object"] == "transcription.chunk" and c["id"].startswith("trsc-") for c in chunks)
+    assert all(c["object"] == "transcription.chunk" and c["id"].startswith("transcribe-") for c in chunks)
     deltas = chunks[:-1]
     assert "".join(c["choices"][0]["delta"]["content"] for c in deltas) == unary
     assert all("finish_reason" not in c["choices"][0] for c in deltas[:-1])
@@ -151,8 +151,9 @@ def test_errors(sim: SimProcess) -> None:
 def test_chat_sim_has_no_transcriptions() -> None:
     with SimProcess(["--served-model-name", "m"]) as sim:
         r = httpx.post(f"{sim.base_url}/audio/transcriptions", files={"file": ("a.wav", wav(1))}, timeout=10)
-        assert r.status_code == 400
-        assert r.json()["error"]["message"] == "The model does not support Transcriptions API"
+        assert r.status_code == 501 and r.json()["error"] == {
+            "message": "The model does not support Transcriptions API", "type": "NotImplementedError", "param": None,
+            "code": 501}
 
 
 def test_duration_fallback_for_non_wav() -> None:

@@ -38,7 +38,7 @@ def test_rerank_shape_order_top_n_and_usage(ce_sim: SimProcess) -> None:
     before = ce_sim.metrics()
     status, r = _post(ce_sim, "/v1/rerank", {"model": "rr", "query": "cats", "documents": DOCS})
     assert status == 200 and set(r) == {"id", "model", "usage", "results"}
-    assert r["id"].startswith("rerank-") and r["model"] == "rr"
+    assert r["id"].startswith("score-") and r["model"] == "rr"
     res = r["results"]
     assert sorted(x["index"] for x in res) == [0, 1, 2, 3]
     scores = [x["relevance_score"] for x in res]
@@ -124,10 +124,10 @@ def test_wrong_model_kinds() -> None:
                           ("/v1/score", "Score API")):
             body = {"text_1": "a", "text_2": "b"} if "score" in path else {"query": "q", "documents": ["d"]}
             status, raw = sim.request("POST", path, body)
-            assert status == 400 and json.loads(raw)["error"]["message"] == f"The model does not support {api}"
+            assert status == 501 and json.loads(raw)["error"]["message"] == f"The model does not support {api}"
     with SimProcess(["--runner", "pooling", "--convert", "classify", "--served-model-name", "rr"]) as sim:
         for path, api in (("/v1/chat/completions", "Chat Completions API"), ("/v1/completions", "Completions API"),
                           ("/v1/embeddings", "Embeddings API"), ("/v1/responses", "Responses API")):
             status, raw = sim.request("POST", path, {"model": "rr", "messages": [{"role": "user", "content": "x"}],
                                                      "prompt": "x", "input": "x"})
-            assert status == 400 and json.loads(raw)["error"]["message"] == f"The model does not support {api}"
+            assert status == 501 and json.loads(raw)["error"]["message"] == f"The model does not support {api}"

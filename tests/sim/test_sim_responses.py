@@ -58,7 +58,8 @@ def test_unary_shape_and_exact_usage(sim: SimProcess) -> None:
     for key in ("id", "created_at", "incomplete_details", "instructions", "metadata", "model", "object", "output",
                 "parallel_tool_calls", "temperature", "tool_choice", "tools", "top_p", "background",
                 "max_output_tokens", "previous_response_id", "reasoning", "service_tier", "status", "text",
-                "top_logprobs", "truncation", "usage", "user"):
+                "top_logprobs", "truncation", "usage", "user", "presence_penalty", "frequency_penalty",
+                "kv_transfer_params", "ec_transfer_params", "input_messages", "output_messages"):
         assert key in r, key
     assert r["id"].startswith("resp_") and r["object"] == "response" and r["model"] == "m"
     assert r["status"] == "completed" and r["incomplete_details"] is None and r["instructions"] == "be brief"
@@ -69,8 +70,13 @@ def test_unary_shape_and_exact_usage(sim: SimProcess) -> None:
     assert part["type"] == "output_text" and part["annotations"] == []
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "tell me a story"}]
     n_in, n_out = tokens.count_chat_prompt(messages), tokens.count_text(part["text"])
-    assert r["usage"] == {"input_tokens": n_in, "input_tokens_details": {"cached_tokens": 0},
-                          "output_tokens": n_out, "output_tokens_details": {"reasoning_tokens": 0},
+    assert r["usage"] == {"input_tokens": n_in,
+                          "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": n_in // 16 * 16,
+                                                   "input_tokens_per_turn": [n_in], "cached_tokens_per_turn": [0]},
+                          "output_tokens": n_out,
+                          "output_tokens_details": {"reasoning_tokens": 0, "tool_output_tokens": 0,
+                                                    "output_tokens_per_turn": [n_out],
+                                                    "tool_output_tokens_per_turn": [0]},
                           "total_tokens": n_in + n_out}
     after = sim.metrics()
     assert after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"] == n_in

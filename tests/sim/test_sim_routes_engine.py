@@ -61,7 +61,7 @@ def test_sleep_aborts_in_flight_messages_and_responses() -> None:
                   if line.startswith("data: ")]
         delta = next(f for f in frames if f["type"] == "message_delta")
         sent = [f for f in frames if f["type"] == "content_block_delta"]
-        assert delta["delta"] == {"stop_reason": None}  # vLLM's stop_reason map has no "abort"
+        assert delta["delta"] == {"stop_reason": None, "stop_sequence": None}  # abort maps to no reason
         assert delta["usage"]["output_tokens"] == len(sent) < 150 and frames[-1]["type"] == "message_stop"
         status, body = results[0]
         r = json.loads(body)
@@ -81,6 +81,10 @@ def test_prefix_cache_hits_show_in_responses_usage_and_tokenize_ids_match() -> N
         assert first["usage"]["input_tokens_details"]["cached_tokens"] == 0
         cached = second["usage"]["input_tokens_details"]["cached_tokens"]
         assert 0 < cached < n_in and cached % 16 == 0  # whole blocks, never the full prompt
+        details = second["usage"]["input_tokens_details"]
+        assert details["cache_write_tokens"] == n_in // 16 * 16 - cached
+        assert details["input_tokens_per_turn"] == [n_in] and details["cached_tokens_per_turn"] == [cached]
+        assert first["usage"]["input_tokens_details"]["cache_write_tokens"] == n_in // 16 * 16
         status, raw = sim.request("POST", "/tokenize", {"messages": [{"role": "user", "content": long_input}]})
         tok = json.loads(raw)
         assert status == 200 and tok["count"] == n_in
