@@ -18,7 +18,8 @@ from typing import Any
 from . import procs
 from .context import Bench
 
-SCENARIOS = ("overhead", "streams", "balancing", "metering", "tuning", "profile", "model")
+SCENARIOS = ("peers", "robustness", "overhead", "streams", "balancing", "metering", "tuning", "profile", "model")
+SUBSYSTEMS = ("auth", "metering", "metrics")
 
 
 def _scenario(name: str) -> Any:
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a 1-2 minute pass: fewer points, shorter windows")
     p.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios (RESULTS.md shows them)")
+    p.add_argument("--off", nargs="+", choices=SUBSYSTEMS, default=[],
+                   help="turn these gateway subsystems off (default: the production configuration, all on)")
+    p.add_argument("--no-prod", action="store_true", help="all of auth, metering and metrics off (--off all three)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     p.add_argument("--json", default=str(procs.OUT / "results.json"))
     p.add_argument("--render-only", action="store_true",
@@ -57,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     placement.pin_self()
     fd_limit = procs.raise_fd_limit()
-    bench = Bench(quick=args.quick, placement=placement)
-    bench.log(f"placement: {placement.describe()}; open files limit {fd_limit}")
+    off = set(SUBSYSTEMS if args.no_prod else args.off)
+    subsystems = procs.Subsystems(**{name: name not in off for name in SUBSYSTEMS})
+    bench = Bench(quick=args.quick, placement=placement, subsystems=subsystems)
+    bench.log(f"placement: {placement.describe()}; open files limit {fd_limit}; gateway {subsystems.describe()}")
     results: dict[str, Any] = {"quick": args.quick, "started": time.time(), "scenarios": {},
-                               "modules": _hot_path_modules(), "loadavg": {"start": _loadavg()}}
+                               "modules": _hot_path_modules(), "loadavg": {"start": _loadavg()},
+                               "subsystems": subsystems.describe()}
     wanted = args.only or list(SCENARIOS)
     failed = []
     for name in SCENARIOS:

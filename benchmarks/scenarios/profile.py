@@ -67,11 +67,13 @@ def run(bench: Bench) -> dict[str, Any]:
         return {"skipped": "py-spy is not installed"}
     seconds = bench.pick(2, 8)
     msgs = workload.messages_for(TOKENS)
-    out: dict[str, Any] = {"seconds": seconds, "concurrency": CONCURRENCY, "profiles": {}}
+    out: dict[str, Any] = {"seconds": seconds, "concurrency": CONCURRENCY, "profiles": {},
+                           "subsystems": bench.subsystems.describe()}
     with procs.sims([sim_args("bench", 0), sim_args("paced", 1)]) as (zero, paced):
-        yaml = procs.gateway_yaml({"bench": {"endpoints": [zero.base_url], "max_concurrency": 4096},
-                                   "paced": {"endpoints": [paced.base_url], "max_concurrency": 4096}})
-        with procs.Gateway("profile", yaml, bench.placement) as gw:
+        pools = {"bench": {"endpoints": [zero.base_url], "max_concurrency": 4096},
+                 "paced": {"endpoints": [paced.base_url], "max_concurrency": 4096}}
+        headers = bench.subsystems.headers()
+        with procs.subsystems_gateway("profile", pools, bench.placement, bench.subsystems) as gw:
             for label, model, stream, sim in (("non-stream", "bench", False, zero),
                                               ("stream, 1 write per event", "paced", True, paced)):
                 body = workload.chat_body(model, msgs, TOKENS, stream=stream)
@@ -82,7 +84,7 @@ def run(bench: Bench) -> dict[str, Any]:
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
                 def raw_for(t: loadgen.Target, body: bytes = body) -> bytes:
-                    return loadgen.build_request(t, "/v1/chat/completions", body)
+                    return loadgen.build_request(t, "/v1/chat/completions", body, headers)
 
                 r = bench.run(point([gw.target], raw_for, CONCURRENCY, stream, Setup(seconds - 1.0, 0.5, 1), [gw.pid],
                                     [sim.pid]))
