@@ -47,6 +47,10 @@ def component(frame: str) -> str:
 def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
     by_component: collections.Counter[str] = collections.Counter()
     by_function: collections.Counter[str] = collections.Counter()
+    # Inclusive: a frame (or component) counts once per sample if it is anywhere on the
+    # stack, so a layer's whole cost shows (uvicorn's ASGI cycle, the proxy's relay...).
+    incl_component: collections.Counter[str] = collections.Counter()
+    incl_function: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -54,11 +58,17 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
             continue
         n = int(count)
         total += n
-        leaf = stack.split(";")[-1]
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        leaf = frames[-1]
         by_component[component(leaf)] += n
-        by_function[re.sub(r":\d+\)$", ")", leaf)] += n
+        by_function[leaf] += n
+        for c in {component(f) for f in frames}:
+            incl_component[c] += n
+        for f in set(frames):
+            incl_function[f] += n
     pct = (lambda c: [(k, 100.0 * v / total) for k, v in c.most_common(top)]) if total else (lambda c: [])
-    return {"samples": total, "components": pct(by_component), "functions": pct(by_function)}
+    return {"samples": total, "components": pct(by_component), "functions": pct(by_function),
+            "inclusive_components": pct(incl_component), "inclusive_functions": pct(incl_function)}
 
 
 def run(bench: Bench) -> dict[str, Any]:
