@@ -44,6 +44,12 @@ def component(frame: str) -> str:
     return "other" if path else "no Python frame (GC, C extensions)"
 
 
+# Frames every sample of a thread has (process entry, the event loop's run call, a
+# thread's bootstrap): left out of the inclusive tables, where they would only say 100%.
+ENTRY = re.compile(r"^(<module>|main \(gateway/cli|_cmd_serve |serve \(gateway/server|Server\.(run|serve|_serve) |"
+                   r"asyncio_run |Runner\.run |Thread\.(run|_bootstrap|_bootstrap_inner) )")
+
+
 def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
     by_component: collections.Counter[str] = collections.Counter()
     by_function: collections.Counter[str] = collections.Counter()
@@ -62,9 +68,10 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
         leaf = frames[-1]
         by_component[component(leaf)] += n
         by_function[leaf] += n
-        for c in {component(f) for f in frames}:
+        inner = {f for f in frames if not ENTRY.search(f)}
+        for c in {component(f) for f in inner}:
             incl_component[c] += n
-        for f in set(frames):
+        for f in inner:
             incl_function[f] += n
     pct = (lambda c: [(k, 100.0 * v / total) for k, v in c.most_common(top)]) if total else (lambda c: [])
     return {"samples": total, "components": pct(by_component), "functions": pct(by_function),
