@@ -189,13 +189,16 @@ def robustness(rb: dict[str, Any]) -> str:
                     f"{x['p99_ms']:.1f} | {x['max_ms']:.1f} |")
 
         deaf = f"""
-**(b) {d['deaf']} never-reading streams on a pool of {d['slots']} slots.** Each asks for a
-{d['tokens']:,}-token stream (ITL 0) with a 4 KiB receive buffer and never reads. {d['concurrency']} normal
-clients send short non-stream requests to the same pool for {d['window_s']:.0f} s, each cut after
-{d['timeout_s']:.0f} s; "unloaded" is before the non-readers came, "after close" once they hung up.
-Non-readers closed by the gateway: {d['deaf_closed_by_server']} of {d['deaf']}; engine requests running
-before / after the loaded window: {d['engine_running_before']:.0f} / {d['engine_running_after']:.0f}; gateway RSS
-{d['gateway_rss_mb']:.0f} MB. Normal p99 with the non-readers: **{d['p99_ratio']:.1f}x** the unloaded p99 (target < 2x).
+**(b) {d['deaf']} never-reading streams on a pool of {d['slots']} slots.** Each asks a second gateway
+(same configuration) for a {d['stream_mb']:.0f} MiB stream from `benchmarks/fatengine.py` (64 KiB events,
+more than every buffer on the way) with a 4 KiB receive buffer and never reads; read
+normally, that stream takes {d['reading_stream_ms']:.0f} ms. {d['concurrency']} normal clients send short
+non-stream requests to the same pool for {d['window_s']:.0f} s, each cut after {d['timeout_s']:.0f} s;
+"unloaded" is before the non-readers came, "after close" once they hung up. Non-readers
+closed by the gateway: {d['deaf_closed_by_server']} of {d['deaf']}; streams the engine was still writing
+before / after the loaded window / after the non-readers hung up: {d['engine_streaming_before']} /
+{d['engine_streaming_after']} / {d['engine_streaming_end']} (the rest it had handed over: the gateway holds their bytes,
+RSS {d['gateway_rss_mb']:.0f} MB, and their slots). Normal p99 with the non-readers: **{d['p99_ratio']:.1f}x** the unloaded p99 (target < 2x).
 
 | phase | requests | ok | failed | p50 ms | p99 ms | max ms |
 |---|---|---|---|---|---|---|

@@ -5,7 +5,8 @@ Records today's behaviour; the targets are what the server layer should do:
     held for `hold` seconds (50 more send the headers and part of a body). Target: closed
     after a header/body read timeout. Sent to the gateway and to the peers (same engine).
 (b) never-reading streams: 70 clients ask a pool of 64 slots (`max_concurrency: 64`) for
-    a long stream (8,000 tokens at ITL 0, about 1.5 MB, so the writes stall at once) and never
+    an 8 MiB stream (benchmarks/fatengine.py: 128 events of 64 KiB, more than every buffer
+    on the way, so the writes stall; a reading client gets it in milliseconds) and never
     read. Meanwhile 4 normal clients send short non-stream requests to the same pool, cut
     after a timeout. Target: their p99 stays under 2x the p99 measured before the
     non-readers came (a write timeout releases the stalled slots).
@@ -22,12 +23,12 @@ from typing import Any
 
 from .. import loadgen, peers, procs, robust, workload
 from ..context import Bench
+from ..fatengine import EVENT_BYTES, EVENTS, FatEngineProcess
 
 SLOWLORIS = 200
 SLOW_BODY = 50
 DEAF = 70
 SLOTS = 64
-DEAF_TOKENS = 8000
 NORMAL_CONCURRENCY = 4
 
 
@@ -46,13 +47,6 @@ def _lat(t: robust.Timed) -> dict[str, Any]:
     return {"requests": len(t.latencies), "ok": t.ok, "failed": t.failed,
             "p50_ms": robust.percentile(t.latencies, 50) * 1e3, "p99_ms": robust.percentile(t.latencies, 99) * 1e3,
             "max_ms": max(t.latencies, default=float("nan")) * 1e3}
-
-
-def _running(sim: Any) -> float:
-    try:
-        return float(sim.metrics().get("vllm:num_requests_running", float("nan")))
-    except (OSError, RuntimeError, ValueError):
-        return float("nan")
 
 
 async def _slowloris_all(targets: dict[str, loadgen.Target], headers: dict[str, str], hold: float,
@@ -76,27 +70,33 @@ async def _slowloris_all(targets: dict[str, loadgen.Target], headers: dict[str, 
     return out
 
 
-async def _deaf_run(bench: Bench, gw: procs.Gateway, sim: Any, headers: dict[str, str]) -> dict[str, Any]:
+async def _deaf_run(bench: Bench, gw: procs.Gateway, engine: FatEngineProcess,
+                    headers: dict[str, str]) -> dict[str, Any]:
     normal = loadgen.build_request(gw.target, "/v1/chat/completions",
-                                   workload.chat_body("robust", workload.messages_for(16), 16, stream=False), headers)
-    # No max_tokens: the engine then answers --output-tokens (DEAF_TOKENS) tokens.
-    big_body = json.dumps({"model": "robust", "messages": workload.messages_for(16), "stream": True}).encode()
-    big = loadgen.build_request(gw.target, "/v1/chat/completions", big_body, headers)
+                                   json.dumps({"model": "fat", "messages": [{"role": "user", "content": "hi"}],
+                                               "max_tokens": 1}).encode(), headers)
+    big = loadgen.build_request(gw.target, "/v1/chat/completions",
+                                json.dumps({"model": "fat", "messages": [{"role": "user", "content": "hi"}],
+                                            "stream": True}).encode(), headers)
     window, timeout = bench.pick(4.0, 10.0), bench.pick(4.0, 10.0)
-    out: dict[str, Any] = {"deaf": DEAF, "slots": SLOTS, "tokens": DEAF_TOKENS, "window_s": window,
-                           "timeout_s": timeout, "concurrency": NORMAL_CONCURRENCY}
+    out: dict[str, Any] = {"deaf": DEAF, "slots": SLOTS, "stream_mb": EVENT_BYTES * EVENTS / 2**20,
+                           "window_s": window, "timeout_s": timeout, "concurrency": NORMAL_CONCURRENCY}
     out["unloaded"] = _lat(await robust.timed_requests(gw.target, normal, NORMAL_CONCURRENCY, window / 2, timeout))
+    # Control: one client that reads the same stream; how long a stream takes when read.
+    readers = await robust.timed_requests(gw.target, big, 1, 1.0, timeout)
+    out["reading_stream_ms"] = robust.percentile(readers.latencies, 50) * 1e3
     deaf = await robust.open_deaf(gw.target, big, DEAF)
     await asyncio.sleep(2.0)  # let their writes stall
-    out["engine_running_before"] = _running(sim)
+    out["engine_streaming_before"] = engine.streaming()
     out["loaded"] = _lat(await robust.timed_requests(gw.target, normal, NORMAL_CONCURRENCY, window, timeout))
-    out["engine_running_after"] = _running(sim)
+    out["engine_streaming_after"] = engine.streaming()
     out["deaf_closed_by_server"] = sum(d.lost for d in deaf)
     out["gateway_rss_mb"] = procs.rss_mb(gw.pid)[0]
     for d in deaf:
         d.transport.close()
     await asyncio.sleep(0.5)
     out["after_close"] = _lat(await robust.timed_requests(gw.target, normal, NORMAL_CONCURRENCY, 2.0, timeout))
+    out["engine_streaming_end"] = engine.streaming()
     u, lo = out["unloaded"]["p99_ms"], out["loaded"]["p99_ms"]
     out["p99_ratio"] = lo / u if u else float("nan")
     return out
@@ -108,7 +108,7 @@ def run(bench: Bench) -> dict[str, Any]:
     out: dict[str, Any] = {"hold_s": hold, "slowloris": SLOWLORIS, "slow_body": SLOW_BODY,
                            "subsystems": bench.subsystems.describe(), "missing": {}}
     sim_args = ["--served-model-name", "robust", "--ttft-ms", "0", "--itl-ms", "0", "--max-num-seqs", "4096",
-                "--max-model-len", str(DEAF_TOKENS * 2), "--output-tokens", str(DEAF_TOKENS)]
+                ]
     with procs.sims([sim_args]) as (sim,):
         pools = {"robust": {"endpoints": [sim.base_url], "max_concurrency": SLOTS}}
         stack: list[Any] = []
@@ -134,7 +134,11 @@ def run(bench: Bench) -> dict[str, Any]:
             g = out["held"]["gateway"]["partial headers"]
             bench.log(f"robustness: gateway closed {g['closed']}/{g['opened']} slowloris connections")
             bench.log(f"robustness: {DEAF} never-reading streams on {SLOTS} slots")
-            out["deaf"] = bench.run(_deaf_run(bench, gw, sim, headers))
+            with FatEngineProcess("fat") as engine:
+                fat_pools = {"fat": {"endpoints": [engine.base_url], "max_concurrency": SLOTS}}
+                with procs.subsystems_gateway("robustness-deaf", fat_pools, bench.placement,
+                                              bench.subsystems) as deaf_gw:
+                    out["deaf"] = bench.run(_deaf_run(bench, deaf_gw, engine, headers))
             d = out["deaf"]
             bench.log(f"robustness: normal p99 {d['unloaded']['p99_ms']:.1f} ms unloaded, "
                       f"{d['loaded']['p99_ms']:.1f} ms with non-readers ({d['p99_ratio']:.1f}x), "
