@@ -19,7 +19,7 @@ VENV=$PEERS/venv
 if [[ ${1:-} == --print ]]; then
   echo "venv: $VENV"
   echo "vllm-router: $(ls "$VENV"/bin/vllm-router 2>/dev/null || echo missing)"
-  echo "sglang-router: $(ls "$VENV"/bin/python 2>/dev/null && echo '(python -m sglang_router.launch_router)' || echo missing)"
+  echo "sglang-router: $(ls "$VENV"/bin/sglang-router 2>/dev/null || echo missing)"
   echo "nginx: $(command -v nginx || ls /usr/sbin/nginx 2>/dev/null || echo missing)"
   exit 0
 fi
@@ -35,8 +35,8 @@ for w in $want; do
   [[ " $have " == *" $w "* ]] || missing=1
 done
 if (( missing )); then
-  # The routers pull in heavy optional deps in some versions; they are CLI wheels, so
-  # install them with their declared dependencies but nothing else.
+  # Their own venv: the routers' dependencies (fastapi, uvicorn...) must not touch the
+  # project's venv, whose versions the gateway is measured with.
   "$VENV"/bin/python -m pip install -q $want
 fi
 "$VENV"/bin/python -m pip freeze | grep -iE '^(vllm-router|sglang-router)=='
