@@ -40,7 +40,7 @@ def create_state(cfg: GatewayConfig, config_path: str | None = None) -> GatewayS
 class GatewayApp:
     def __init__(self, state: GatewayState, spawn_engines: bool = True) -> None:
         self.state = state
-        self.spawn_engines = spawn_engines
+        state.spawn_engines = spawn_engines
         self.started_at = int(time.time())
         self._admin: Any = None
 
@@ -157,7 +157,7 @@ class GatewayApp:
         if s.keyring.mode == "none":
             log.warning("auth.mode is `none`: every client is served without a key")
         # The supervisor also health-probes external endpoints, so it runs for every config.
-        if self.spawn_engines:
+        if s.spawn_engines:
             from .engines.supervisor import Supervisor
 
             s.supervisor = Supervisor(s)

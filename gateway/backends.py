@@ -55,6 +55,7 @@ class Backend:
     down_until: float = 0.0
     last_error: str | None = None
     served_model: str | None = None  # first name the engine serves, when known
+    restarts: int = 0  # times the supervisor restarted the engine behind it
     extra: dict[str, object] = field(default_factory=dict)
 
     @property

@@ -33,6 +33,9 @@ class GatewayState:
     limiter: Any = None  # ratelimit.Limiter
     metrics: Any = None  # metrics.Metrics
     draining: bool = False
+    # False when the embedding process runs engines itself (tests, benchmarks): a reload
+    # must not start a supervisor behind its back.
+    spawn_engines: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, model: str) -> Pool | None:

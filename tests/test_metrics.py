@@ -67,7 +67,7 @@ def test_backend_and_pool_gauges_are_read_at_scrape_time() -> None:
     m = Metrics(state)
     b0, b1 = state.pools["chat"].backends
     b0.outstanding, b1.state = 3, BackendState.UNHEALTHY
-    b1.extra["restarts"] = 2
+    b1.restarts = 2
     s = samples(m)
     lb = lambda b: (("backend", b.id), ("pool", "chat"))  # noqa: E731
     assert s[("gateway_backend_outstanding", lb(b0))] == 3
