@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .measure import summary
+from benchmarks.measure import summary
 
 NA = "n/a"
 # Previous report (commit 29c5107, before the changes), for "before -> now" lines.

@@ -12,8 +12,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .measure import fmt, summary
-from .procs import ROOT, Placement
+from benchmarks.measure import fmt, summary
+from benchmarks.procs import ROOT, Placement
 
 NA = "n/a"
 
@@ -470,7 +470,7 @@ def render(results: dict[str, Any], placement: Placement) -> str:
     sections.append(metering(sc.get("metering", {})))
     sections.append(profile(sc.get("profile", {})))
     sections.append(tuning(sc.get("tuning", {})))
-    from .findings import findings
+    from benchmarks.findings import findings
 
     sections.append(findings(results))
     return "\n".join(s for s in sections if s)

@@ -17,7 +17,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .server.run import serve
 
     try:
         cfg = config_mod.load(args.config)
@@ -40,7 +40,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_hash(args: argparse.Namespace) -> int:
-    from .auth import hash_key
+    from .keys.auth import hash_key
 
     secret = args.secret if args.secret is not None else sys.stdin.readline().strip()
     if not secret:

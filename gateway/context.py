@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .auth import Key
-    from .backends import Backend, Pool
+    from .keys.auth import Key
+    from .routing.pool import Backend, Pool
 
 
 # Per request, after trimming each event's envelope (~100 bytes per streamed token):

@@ -21,9 +21,9 @@ import logging
 from typing import Any
 
 from . import config as config_mod
-from .backends import Pool, endpoint_backends
-from .balancers import make_balancer
 from .config import ConfigError, GatewayConfig
+from .routing.policies import make_balancer
+from .routing.pool import Pool, endpoint_backends
 from .state import GatewayState, build_names
 
 log = logging.getLogger("gateway.reload")

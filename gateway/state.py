@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .backends import Pool, endpoint_backends
 from .config import GatewayConfig
+from .routing.pool import Pool, endpoint_backends
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from .auth import KeyRing
+    from .keys.auth import KeyRing
 
 
 @dataclass(eq=False)

@@ -6,9 +6,14 @@ from collections import Counter
 
 import pytest
 
-from gateway.backends import Backend
-from gateway.balancers import make_balancer
-from gateway.balancers.speed_aware import CAPACITY_KEY, REFERENCE_TOKENS, engine_capacity, expected_seconds
+from gateway.routing.policies import make_balancer
+from gateway.routing.policies.speed_aware import (
+    CAPACITY_KEY,
+    REFERENCE_TOKENS,
+    engine_capacity,
+    expected_seconds,
+)
+from gateway.routing.pool import Backend
 
 
 def backends(*tpots: float | None, max_concurrency: int = 64) -> list[Backend]:

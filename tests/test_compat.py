@@ -15,16 +15,16 @@ from openai.lib._parsing._embeddings import parse_embedding_response
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletionChunk
 
-from gateway.bodyedit import replace_model
-from gateway.compat import (
+from gateway.errors import GatewayError
+from gateway.proxy.bodyedit import replace_model
+from gateway.proxy.engine_errors import (
     check_dimensions,
     floats_to_base64,
     force_float_request,
     normalize_error,
     request_wants_base64,
 )
-from gateway.errors import GatewayError
-from gateway.reasoning import StreamSplitter, rewrite_chat_event
+from gateway.proxy.reasoning import StreamSplitter, rewrite_chat_event
 
 # --- model names (bodyedit.replace_model, used on every relayed event) --------------------------
 

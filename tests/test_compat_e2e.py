@@ -11,8 +11,7 @@ import openai
 import pytest
 
 from gateway.sim.testing import SimProcess
-
-from .gw import CLIENT_KEY, GatewayServer, auth_yaml
+from tests.gw import CLIENT_KEY, GatewayServer, auth_yaml
 
 FAST = ["--ttft-ms", "1", "--itl-ms", "1"]
 MSGS = [{"role": "user", "content": "Why is the sky blue?"}]

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from .gw import GatewayServer, wait_until
+from tests.gw import GatewayServer, wait_until
 
 
 def _cfg(tmp: str, pools: str) -> str:

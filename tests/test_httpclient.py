@@ -11,11 +11,10 @@ import openai
 import orjson
 import pytest
 
-from gateway import httpclient
-from gateway.httpclient import RawSession
+from gateway.proxy import client as httpclient
+from gateway.proxy.client import RawSession
 from gateway.sim.testing import SimProcess, free_port
-
-from .gw import CLIENT_KEY, GatewayServer, auth_yaml, wait_until
+from tests.gw import CLIENT_KEY, GatewayServer, auth_yaml, wait_until
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 

@@ -7,12 +7,12 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import create_state
-from gateway.backends import BackendState
 from gateway.config import GatewayConfig
 from gateway.metering import Meter
 from gateway.metrics import Metrics
 from gateway.ratelimit import Limiter, RateLimited
+from gateway.routing.pool import BackendState
+from gateway.server.app import create_state
 from tests.metering.ctxs import chunk, ctx, key, usage
 
 FIXED = {

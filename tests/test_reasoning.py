@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from gateway.reasoning import (
+from gateway.proxy.reasoning import (
     StreamSplitter,
     drain_chat_events,
     rewrite_chat_body,

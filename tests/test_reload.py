@@ -14,14 +14,13 @@ import httpx
 import openai
 import pytest
 
-from gateway.backends import BackendState
 from gateway.cli import main
 from gateway.config import ConfigError
 from gateway.engines.supervisor import Supervisor
 from gateway.reload import reload
-
-from .engines.util import make_state, pid_gone, run, until
-from .gw import ADMIN_KEY, CLIENT_KEY, GatewayServer, auth_yaml, wait_until
+from gateway.routing.pool import BackendState
+from tests.engines.util import make_state, pid_gone, run, until
+from tests.gw import ADMIN_KEY, CLIENT_KEY, GatewayServer, auth_yaml, wait_until
 
 S = BackendState
 
@@ -146,7 +145,7 @@ def test_invalid_reload_is_rejected_and_the_old_config_keeps_serving(tmp_path: P
 
 
 def test_reload_of_pools_endpoints_aliases_and_keys(tmp_path: Path) -> None:
-    from gateway.auth import Key, hash_key
+    from gateway.keys.auth import Key, hash_key
 
     cfg = tmp_path / "gw.yaml"
     head = f"auth: {{keys: [{{name: a, key_sha256: {hash_key('k-a')}}}]}}"

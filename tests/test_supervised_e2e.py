@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from .gw import CLIENT_KEY, GatewayServer, auth_yaml, wait_until
+from tests.gw import CLIENT_KEY, GatewayServer, auth_yaml, wait_until
 
 
 def _cfg(tmp: str, args: str, extra: str = "") -> str:

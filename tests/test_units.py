@@ -8,13 +8,13 @@ import orjson
 import pytest
 
 from gateway import config
-from gateway.auth import KeyRing, bearer, hash_key
-from gateway.backends import Backend, BackendState, Pool
-from gateway.balancers import make_balancer
 from gateway.errors import GatewayError
-from gateway.rewrites import replace_model
-from gateway.sse import EventFramer, body_usage, event_usage, is_usage_only, with_include_usage
-from gateway.upstream import request_headers, response_headers
+from gateway.keys.auth import KeyRing, bearer, hash_key
+from gateway.proxy.headers import request_headers, response_headers
+from gateway.proxy.plan import replace_model
+from gateway.proxy.sse import EventFramer, body_usage, event_usage, is_usage_only, with_include_usage
+from gateway.routing.policies import make_balancer
+from gateway.routing.pool import Backend, BackendState, Pool
 
 
 def ring() -> KeyRing:

@@ -17,10 +17,10 @@ from typing import Any
 
 import aiohttp
 
-from ..backends import Backend, BackendState, Pool
 from ..config import HealthConfig
-from ..discovery import discover_until_known
+from ..routing.pool import Backend, BackendState, Pool
 from . import health
+from .discovery import discover_until_known
 
 log = logging.getLogger("gateway.engines")
 

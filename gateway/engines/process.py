@@ -33,10 +33,10 @@ from typing import Any
 
 import aiohttp
 
-from ..backends import Backend, BackendState
 from ..config import EnginesConfig, PoolConfig, SpawnConfig
-from ..discovery import discover
+from ..routing.pool import Backend, BackendState
 from . import health, launchers
+from .discovery import discover
 from .launchers import Launch, LaunchError
 from .logs import EngineLog
 from .osproc import child_setup, describe_exit, signal_group

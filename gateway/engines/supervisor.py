@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ..backends import Backend, BackendState, Pool
 from ..config import EnginesConfig, GatewayConfig, PoolConfig, SpawnConfig
+from ..routing.pool import Backend, BackendState, Pool
 from . import diff, endpoints
 from .endpoints import EndpointProbe
 from .gpus import GpuInventory, GpusExhausted

@@ -1,4 +1,4 @@
-"""CLI commands for keys and usage; all go through the admin API (`gateway.admin_client`).
+"""CLI commands for keys and usage; all go through the admin API (`gateway.server.admin_client`).
 
 gateway keys create --name N --models 'qwen*' --rpm 600 --tpm 100000 --budget 5000000/month --expires 2027-01-01
 gateway keys list | revoke NAME | rotate NAME
@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import admin_client
+from gateway.server import admin_client
 
 from .query import GROUPS, METRICS, to_csv
 

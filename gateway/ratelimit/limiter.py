@@ -19,9 +19,9 @@ from .local import LocalBackend, Request, Verdict
 from .redis_backend import RedisBackend
 
 if TYPE_CHECKING:
-    from gateway.auth import Key
     from gateway.config import GatewayConfig
     from gateway.context import RequestContext
+    from gateway.keys.auth import Key
     from gateway.metering import Meter
 
 log = logging.getLogger("gateway.ratelimit")

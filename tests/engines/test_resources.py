@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 
 from gateway import config as config_mod
-from gateway.backends import BackendState
 from gateway.engines import diff
 from gateway.engines.gpus import GpuInventory, GpusExhausted
 from gateway.engines.health import ProbeCounter, parse_gauges
 from gateway.engines.logs import EngineLog, log_file_name
 from gateway.engines.ports import PortAllocator, PortsExhausted, port_is_free
+from gateway.routing.pool import BackendState
 
 # --- devices ---
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth import KeyRing, hash_key
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
-from gateway.keystore import KeyStore
+from gateway.keys.auth import KeyRing, hash_key
+from gateway.keys.sync import KeyStore
 from tests.redis_server import RedisServer
 
 CONFIG_SECRET = "sk-config-key"

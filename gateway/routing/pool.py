@@ -16,9 +16,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .balancers import Balancer, make_balancer
-from .config import PoolConfig
-from .errors import GatewayError, service_unavailable
+from ..config import PoolConfig
+from ..errors import GatewayError, service_unavailable
+from .policies import Balancer, make_balancer
 
 
 class BackendState(StrEnum):

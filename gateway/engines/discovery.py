@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from .backends import Backend
+from ..routing.pool import Backend
 
 log = logging.getLogger("gateway.discovery")
 

@@ -17,15 +17,24 @@ from typing import Any
 
 import orjson
 
-from . import rewrites
-from .asgi import ClientDisconnected, Receive, Scope, Send, encode_headers, header, read_body, send_response
-from .auth import Key, bearer
-from .backends import Pool
-from .context import RequestContext
-from .errors import GatewayError, invalid_api_key, invalid_request, model_not_found
-from .proxy import Plan, forward
+from ..context import RequestContext
+from ..errors import GatewayError, invalid_api_key, invalid_request, model_not_found
+from ..keys.auth import Key, bearer
+from ..routing.pool import Pool
+from ..server.asgi import (
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    encode_headers,
+    header,
+    read_body,
+    send_response,
+)
+from ..state import GatewayState
+from . import plan as rewrites
+from .forward import Plan, forward
 from .sse import with_include_usage
-from .state import GatewayState
 
 log = logging.getLogger("gateway.inference")
 

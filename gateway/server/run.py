@@ -14,8 +14,8 @@ import sys
 
 import uvicorn
 
+from ..config import ConfigError, GatewayConfig
 from .app import GatewayApp, create_app
-from .config import ConfigError, GatewayConfig
 
 log = logging.getLogger("gateway")
 
@@ -42,7 +42,7 @@ def install_reload_signal(app: GatewayApp) -> None:
 
 
 async def _reload(app: GatewayApp) -> None:
-    from .reload import reload
+    from ..reload import reload
 
     try:
         summary = await reload(app.state)

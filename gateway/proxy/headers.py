@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from .asgi import RawHeaders
+from ..server.asgi import RawHeaders
 
 # Hop-by-hop (RFC 9110 7.6.1) plus framing and encoding headers that describe one
 # connection's bytes, not the message: forwarding them corrupts the other side.
@@ -67,7 +67,7 @@ def response_headers(upstream: aiohttp.typedefs.LooseHeaders | None) -> RawHeade
 def make_session(kind: str = "raw") -> Any:
     """The shared client to engines: `raw` (httpclient.RawSession) or `aiohttp`."""
     if kind == "raw":
-        from .httpclient import RawSession
+        from .client import RawSession
 
         return RawSession()
     return _aiohttp_session()

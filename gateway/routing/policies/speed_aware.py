@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..backends import Backend
+    from ..pool import Backend
 
 # Output length, in tokens, that weighs time-per-token against time-to-first-token. Only
 # the ratio matters; it is the order of a short chat answer.

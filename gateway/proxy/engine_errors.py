@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .errors import error_body, invalid_request
+from ..errors import error_body, invalid_request
 
 # --- errors --------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..backends import Backend
+    from ..pool import Backend
 
 
 class LeastOutstanding:

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 
+from ..errors import GatewayError, invalid_request
 from .auth import Key, KeyRing, hash_key, new_secret
-from .errors import GatewayError, invalid_request
 
 if TYPE_CHECKING:
-    from .config import GatewayConfig
+    from ..config import GatewayConfig
 
 log = logging.getLogger("gateway.keystore")
 
@@ -177,7 +177,7 @@ class SqliteBackend:
     """
 
     def __init__(self, path: str) -> None:
-        from .metering.store_sqlite import connect
+        from ..metering.store_sqlite import connect
 
         self.conn = connect(path)
         self.conn.executescript(self.SCHEMA)
@@ -239,7 +239,7 @@ def parse_expires(value: str | float | None) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value)
-    from .metering.query import parse_time
+    from ..metering.query import parse_time
 
     try:
         t = parse_time(value)
@@ -346,7 +346,7 @@ class KeyStore:
             if v is not None and v < 1:
                 raise invalid_request(f"{field_name} must be at least 1", field_name)
         if budget:
-            from .ratelimit import parse_budget
+            from ..ratelimit import parse_budget
 
             try:
                 parse_budget(budget)

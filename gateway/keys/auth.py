@@ -13,7 +13,7 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 
-from .config import AuthConfig, KeyConfig
+from ..config import AuthConfig, KeyConfig
 
 
 def hash_key(secret: str) -> str:

@@ -12,11 +12,12 @@ from typing import Any
 
 import orjson
 
-from . import compat, reasoning
-from .backends import Pool
+from ..context import RequestContext
+from ..routing.pool import Pool
+from . import engine_errors as compat
+from . import reasoning
 from .bodyedit import replace_model
-from .context import RequestContext
-from .proxy import Plan
+from .forward import Plan
 
 
 def apply(plan: Plan, pool: Pool, ctx: RequestContext, body: dict[str, Any]) -> None:

@@ -12,9 +12,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from .auth import bearer
-from .errors import GatewayError, invalid_request
-from .state import GatewayState
+from ..errors import GatewayError, invalid_request
+from ..keys.auth import bearer
+from ..state import GatewayState
 
 
 def gw(request: Request) -> GatewayState:
@@ -34,8 +34,8 @@ async def require_admin(request: Request) -> None:
 
 def _routers() -> list[APIRouter]:
     # Imported here so that the admin app's FastAPI routes load only when first used.
-    from .engines.admin_api import router as engines_router
-    from .metering.admin_api import router as usage_router
+    from ..engines.admin_api import router as engines_router
+    from ..metering.admin_api import router as usage_router
 
     return [engines_router, usage_router]
 

@@ -12,17 +12,17 @@ import logging
 import time
 from typing import Any
 
-from . import inference
+from ..config import GatewayConfig
+from ..errors import GatewayError, invalid_api_key, model_not_found
+from ..keys.auth import KeyRing, bearer
+from ..keys.sync import KeyStore
+from ..metering import Meter
+from ..metrics import Metrics
+from ..proxy import pipeline as inference
+from ..proxy.headers import make_session
+from ..ratelimit import Limiter
+from ..state import GatewayState, build_names, build_pools
 from .asgi import Receive, Scope, Send, header, send_json, send_response
-from .auth import KeyRing, bearer
-from .config import GatewayConfig
-from .errors import GatewayError, invalid_api_key, model_not_found
-from .keystore import KeyStore
-from .metering import Meter
-from .metrics import Metrics
-from .ratelimit import Limiter
-from .state import GatewayState, build_names, build_pools
-from .upstream import make_session
 
 log = logging.getLogger("gateway")
 
@@ -158,7 +158,7 @@ class GatewayApp:
             log.warning("auth.mode is `none`: every client is served without a key")
         # The supervisor also health-probes external endpoints, so it runs for every config.
         if s.spawn_engines:
-            from .engines.supervisor import Supervisor
+            from ..engines.supervisor import Supervisor
 
             s.supervisor = Supervisor(s)
             await s.supervisor.start()

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from .errors import GatewayError
+from ..errors import GatewayError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -18,13 +18,13 @@ from typing import Any
 
 import aiohttp
 
+from ..context import RequestContext
+from ..errors import GatewayError, sse_error_event
+from ..routing.pool import Backend, Pool
+from ..server.asgi import RawHeaders, Send
 from . import sse
-from .asgi import RawHeaders, Send
-from .backends import Backend, Pool
 from .bodyedit import request_for_backend
-from .context import RequestContext
-from .errors import GatewayError, sse_error_event
-from .upstream import request_headers, response_headers
+from .headers import request_headers, response_headers
 
 log = logging.getLogger("gateway.proxy")
 
