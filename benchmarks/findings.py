@@ -242,7 +242,7 @@ moves with the neighbours' load.
   hint comes close to the state-only oracle at 90% load; without any idea of a request's
   length no policy can match the clairvoyant oracle's tail, which sends long requests only
   to fast engines. This is why "within 10% of the oracle" is not met.
-- **The engine's batch size (`Backend.extra["engine_capacity"]`) is not filled by the gateway.**
+- **The engine's batch size (`Backend.engine_capacity`) is not filled by the gateway.**
   The gauges are read now, so it could be learned as the most requests an engine ran while
   others waited (the model's "batch learned from /metrics" row), or taken from the launcher
   for spawned engines (`--max-num-seqs`). In the model it matters most at 60% load, where

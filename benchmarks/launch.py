@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after start-up (objects alive then are "
                    "never scanned again)")
     p.add_argument("--engine-capacity", type=int, default=0,
-                   help="tell the balancer every endpoint's batch size (Backend.extra['engine_capacity'])")
+                   help="tell the balancer every endpoint's batch size (Backend.engine_capacity)")
     return p
 
 
@@ -76,7 +76,7 @@ def _patch_startup(args: argparse.Namespace, app: Any) -> None:
         if args.engine_capacity:
             for pool in st.pools.values():
                 for b in pool.backends:
-                    b.extra["engine_capacity"] = args.engine_capacity
+                    b.engine_capacity = args.engine_capacity
 
     app.startup = startup
 

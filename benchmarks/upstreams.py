@@ -1,6 +1,6 @@
 """HTTP clients to the engines, interchangeable behind the subset of aiohttp the gateway uses.
 
-The gateway talks to engines through `state.http`, from `gateway.proxy.headers.make_session(kind)`:
+The gateway talks to engines through `state.http`, from `gateway.proxy.client.make_session(kind)`:
 by default its own keep-alive client (`gateway.proxy.client.RawSession`, asyncio protocols +
 httptools), or aiohttp's session (`server.upstream_client: aiohttp`). The proxy uses `session.post(url, data=, headers=,
 timeout=)` as an async context manager, then `resp.status`, `resp.headers`,

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .keys.auth import Key
-    from .routing.pool import Backend, Pool
+    from .routing.backend import Backend
+    from .routing.pool import Pool
 
 
 # Per request, after trimming each event's envelope (~100 bytes per streamed token):

@@ -11,7 +11,7 @@ from gateway.config import GatewayConfig
 from gateway.metering import Meter
 from gateway.metrics import Metrics
 from gateway.ratelimit import Limiter, RateLimited
-from gateway.routing.pool import BackendState
+from gateway.routing.backend import BackendState
 from gateway.server.app import create_state
 from tests.metering.ctxs import chunk, ctx, key, usage
 

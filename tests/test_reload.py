@@ -18,7 +18,7 @@ from gateway.cli import main
 from gateway.config import ConfigError
 from gateway.engines.supervisor import Supervisor
 from gateway.reload import reload
-from gateway.routing.pool import BackendState
+from gateway.routing.backend import BackendState
 from tests.engines.util import make_state, pid_gone, run, until
 from tests.gw import ADMIN_KEY, CLIENT_KEY, GatewayServer, auth_yaml, wait_until
 

@@ -22,9 +22,9 @@ from typing import Any
 from benchmarks.context import Bench
 from benchmarks.loadgen import mean, percentile
 from benchmarks.scenarios.balancing import BATCH, ITLS_MS
+from gateway.routing.backend import Backend
 from gateway.routing.policies import make_balancer
 from gateway.routing.policies.speed_aware import REFERENCE_TOKENS, engine_capacity
-from gateway.routing.pool import Backend
 
 Policy = Callable[[list[Backend], tuple[int, int], float], Backend]
 
@@ -70,7 +70,7 @@ def simulate(policy: Policy | str, jobs: list[tuple[int, int]], arrivals: list[f
     owner: dict[int, int] = {}
     if capacity == "known":
         for b in (b for v in views for b in v):
-            b.extra["engine_capacity"] = BATCH
+            b.engine_capacity = BATCH
     events: list[tuple[float, int, int, int]] = [(a, 0, i, -1) for i, a in enumerate(arrivals)]
     heapq.heapify(events)
     if scrape:
@@ -138,11 +138,11 @@ def simulate(policy: Policy | str, jobs: list[tuple[int, int]], arrivals: list[f
                     b.engine_running, b.engine_waiting = float(len(e.running)), float(len(e.queue))
                     if capacity == "live":
                         if e.queue:
-                            b.extra["engine_capacity"] = len(e.running)
+                            b.engine_capacity = len(e.running)
                         else:
-                            b.extra.pop("engine_capacity", None)
+                            b.engine_capacity = None
                     elif capacity == "learned" and e.queue:
-                        b.extra["engine_capacity"] = max(len(e.running), int(b.extra.get("engine_capacity", 0)))  # type: ignore[call-overload]
+                        b.engine_capacity = max(len(e.running), b.engine_capacity or 0)
             heapq.heappush(events, (now + scrape, 3, -1, -1))
     ttft = [f - s for f, s in zip(first, start, strict=True)]
     return {"mean_s": mean(lat), "p99_s": percentile(lat, 99), "ttft_p99_s": percentile(ttft, 99)}

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request
 
 from ..config import ConfigError
 from ..errors import GatewayError
-from ..routing.pool import BackendState
+from ..routing.backend import BackendState
 from ..state import GatewayState
 from .endpoints import status_row
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..config import GatewayConfig, PoolConfig, SpawnConfig
-from ..routing.pool import BackendState
+from ..routing.backend import BackendState
 
 
 class Running(Protocol):

@@ -15,13 +15,13 @@ from typing import Any
 
 import aiohttp
 
-from ..routing.pool import Backend
+from ..routing.backend import Backend
 
 log = logging.getLogger("gateway.discovery")
 
 
 async def discover(session: aiohttp.ClientSession, backend: Backend, wait: float = 5.0) -> bool:
-    """Fill `backend.served_model` (and `extra["max_model_len"]`) from the engine's model list."""
+    """Fill `backend.served_model` (and `max_model_len`) from the engine's model list."""
     headers = {"authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
     try:
         async with session.get(backend.url + "/models", headers=headers,
@@ -39,7 +39,7 @@ async def discover(session: aiohttp.ClientSession, backend: Backend, wait: float
         backend.served_model = first["id"]
     mml = first.get("max_model_len") or (first.get("meta") or {}).get("n_ctx_train")
     if isinstance(mml, int):
-        backend.extra["max_model_len"] = mml
+        backend.max_model_len = mml
     return True
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 
 from ..config import HealthConfig
-from ..routing.pool import Backend, BackendState, Pool
+from ..routing.backend import Backend, BackendState
+from ..routing.pool import Pool
 from . import health
 from .discovery import discover_until_known
 

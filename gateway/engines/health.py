@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from ..config import HealthConfig
-from ..routing.pool import Backend
+from ..routing.backend import Backend
 
 # Start-up polls start fast (a sim is up in 0.3 s) and slow down for engines loading for minutes.
 READY_POLL_FIRST = 0.1

@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 
 from ..config import EnginesConfig, PoolConfig, SpawnConfig
-from ..routing.pool import Backend, BackendState
+from ..routing.backend import Backend, BackendState
 from . import health, launchers
 from .discovery import discover
 from .launchers import Launch, LaunchError

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from ..config import EnginesConfig, GatewayConfig, PoolConfig, SpawnConfig
-from ..routing.pool import Backend, BackendState, Pool
+from ..routing.backend import Backend, BackendState
+from ..routing.pool import Pool
 from . import diff, endpoints
 from .endpoints import EndpointProbe
 from .gpus import GpuInventory, GpusExhausted

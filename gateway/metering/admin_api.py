@@ -29,7 +29,7 @@ def _gw(request: Request) -> GatewayState:
 
 
 def _keystore(request: Request) -> Any:
-    ks = _gw(request).extras.get("keystore")
+    ks = _gw(request).keystore
     if ks is None:
         raise GatewayError(503, "The key store is not running on this gateway.", "keystore_unavailable")
     return ks

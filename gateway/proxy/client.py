@@ -319,3 +319,28 @@ class RawSession:
         self._idle.clear()
         self._all.clear()
         await asyncio.sleep(0)  # let the transports run connection_lost
+
+
+def make_session(kind: str = "raw") -> Any:
+    """The shared client to engines: `raw` (RawSession, below) or `aiohttp`."""
+    if kind == "raw":
+        return RawSession()
+    return _aiohttp_session()
+
+
+def _aiohttp_session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=0,  # per-backend concurrency is enforced by the pools, not here
+        limit_per_host=0,
+        keepalive_timeout=60,
+        ttl_dns_cache=300,
+        enable_cleanup_closed=False,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+        # Engine JSON can be large (embeddings); the default 8 KiB line limit is for headers only.
+        read_bufsize=2**18,
+    )

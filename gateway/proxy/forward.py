@@ -20,7 +20,8 @@ import aiohttp
 
 from ..context import RequestContext
 from ..errors import GatewayError, sse_error_event
-from ..routing.pool import Backend, Pool
+from ..routing.backend import Backend
+from ..routing.pool import Pool
 from ..server.asgi import RawHeaders, Send
 from . import sse
 from .bodyedit import request_for_backend

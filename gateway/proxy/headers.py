@@ -1,13 +1,10 @@
-"""Talking to engines: the shared HTTP client and the header rules both ways.
+"""Header rules between the client and an engine, both ways.
 
-One client for the whole process, created at start-up, with keep-alive connections per
-engine (`httpclient.RawSession`, or aiohttp's session when configured). Header rules (pure functions, unit-tested) keep the client's key away from
-engines and keep framing headers from leaking between the two connections.
+Pure functions, unit-tested: they keep the client's key away from engines and keep
+framing headers from leaking between the two connections.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import aiohttp
 
@@ -62,30 +59,3 @@ def response_headers(upstream: aiohttp.typedefs.LooseHeaders | None) -> RawHeade
             continue
         out.append((kb, v.encode("latin-1") if isinstance(v, str) else bytes(v)))
     return out
-
-
-def make_session(kind: str = "raw") -> Any:
-    """The shared client to engines: `raw` (httpclient.RawSession) or `aiohttp`."""
-    if kind == "raw":
-        from .client import RawSession
-
-        return RawSession()
-    return _aiohttp_session()
-
-
-def _aiohttp_session() -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=0,  # per-backend concurrency is enforced by the pools, not here
-        limit_per_host=0,
-        keepalive_timeout=60,
-        ttl_dns_cache=300,
-        enable_cleanup_closed=False,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),
-        auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
-        # Engine JSON can be large (embeddings); the default 8 KiB line limit is for headers only.
-        read_bufsize=2**18,
-    )

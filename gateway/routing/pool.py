@@ -1,7 +1,4 @@
-"""Backends and pools: where a request can go, and the per-pool admission queue.
-
-A `Backend` is one OpenAI-compatible base URL, whether the gateway spawned the engine
-behind it (engines/supervisor) or it is an external endpoint. Both sit in one `Pool`.
+"""Pools: the backends serving one model and the per-pool admission queue.
 
 Load accounting is the same for every balancing policy and lives here: `outstanding`
 is incremented when a request is dispatched to a backend and decremented exactly once
@@ -11,81 +8,12 @@ in `Pool.release`, which callers run in `finally` on every path.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
-from dataclasses import dataclass, field
-from enum import StrEnum
 
 from ..config import PoolConfig
 from ..errors import GatewayError, service_unavailable
+from .backend import Backend
 from .policies import Balancer, make_balancer
-
-
-class BackendState(StrEnum):
-    STARTING = "starting"
-    READY = "ready"
-    UNHEALTHY = "unhealthy"
-    RESTARTING = "restarting"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
-# After a connection failure an external endpoint sits out this long before it is tried
-# again (spawned engines are brought back by their health checks instead).
-PASSIVE_COOLDOWN_S = 5.0
-
-
-@dataclass(eq=False)
-class Backend:
-    id: str
-    pool: str
-    url: str  # base URL ending in /v1
-    max_concurrency: int
-    api_key: str | None = None
-    source: str = "endpoint"  # "endpoint" | "spawned"
-    state: BackendState = BackendState.READY
-    outstanding: int = 0
-    # Engine-reported queue (from its /metrics), for traffic that did not come through us.
-    engine_running: float = 0.0
-    engine_waiting: float = 0.0
-    # Observed speed, exponentially weighted: seconds per output token and to first token.
-    ewma_tpot: float | None = None
-    ewma_ttft: float | None = None
-    down_until: float = 0.0
-    last_error: str | None = None
-    served_model: str | None = None  # first name the engine serves, when known
-    restarts: int = 0  # times the supervisor restarted the engine behind it
-    extra: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def routable(self) -> bool:
-        return self.state is BackendState.READY and self.down_until <= time.monotonic()
-
-    @property
-    def has_capacity(self) -> bool:
-        return self.outstanding < self.max_concurrency
-
-    def mark_connect_failure(self, reason: str) -> None:
-        """Passive health: connection refused/reset takes the backend out at once."""
-        self.last_error = reason
-        self.down_until = time.monotonic() + PASSIVE_COOLDOWN_S
-
-    def observe(self, ttft: float | None, duration: float, output_tokens: int) -> None:
-        """Feed a finished request's timing into the speed estimates (alpha 0.2).
-
-        `ttft` is None for non-stream requests, whose first byte is also their last.
-        """
-        tpot: float | None = None
-        if ttft is not None:
-            self.ewma_ttft = ttft if self.ewma_ttft is None else 0.8 * self.ewma_ttft + 0.2 * ttft
-            if output_tokens > 1 and duration > ttft:
-                tpot = (duration - ttft) / (output_tokens - 1)
-        elif output_tokens > 0:
-            # Non-stream: only the whole duration is known; prefill is folded into the rate.
-            tpot = duration / output_tokens
-        if tpot is not None:
-            self.ewma_tpot = tpot if self.ewma_tpot is None else 0.8 * self.ewma_tpot + 0.2 * tpot
 
 
 class QueueFull(GatewayError):
@@ -212,5 +140,16 @@ def endpoint_backends(name: str, cfg: PoolConfig) -> list[Backend]:
     ]
 
 
-def monotonic() -> float:
-    return time.monotonic()
+# How often queued requests re-check for a backend whose passive cool-off has ended.
+WAKE_INTERVAL_S = 0.5
+
+
+async def wake_pools(pools: dict[str, Pool]) -> None:
+    """Backends that sat out a passive cool-off become routable by time passing alone;
+    nudge the pools so queued requests notice without waiting for another release.
+    Runs until cancelled (the app's lifespan owns the task)."""
+    while True:
+        await asyncio.sleep(WAKE_INTERVAL_S)
+        for pool in pools.values():  # the live dict: reload adds and removes pools
+            if pool.queued:
+                pool.wake()

@@ -19,8 +19,9 @@ from ..keys.sync import KeyStore
 from ..metering import Meter
 from ..metrics import Metrics
 from ..proxy import pipeline as inference
-from ..proxy.headers import make_session
+from ..proxy.client import make_session
 from ..ratelimit import Limiter
+from ..routing.pool import wake_pools
 from ..state import GatewayState, build_names, build_pools
 from .asgi import Receive, Scope, Send, header, send_json, send_response
 
@@ -102,7 +103,7 @@ class GatewayApp:
             "parent": None,
         }
         # Known once an engine has answered /v1/models; never wait for one (Open WebUI times out).
-        mml = next((b.extra.get("max_model_len") for b in pool.backends if b.extra.get("max_model_len")), None)
+        mml = next((b.max_model_len for b in pool.backends if b.max_model_len), None)
         if mml:
             card["max_model_len"] = mml
         return card
@@ -153,7 +154,7 @@ class GatewayApp:
         if cfg.metering.enabled:
             s.meter = await Meter.start(cfg)
         s.limiter = await Limiter.start(cfg, s.meter)
-        s.extras["keystore"] = await KeyStore.start(cfg, s.keyring)
+        s.keystore = await KeyStore.start(cfg, s.keyring)
         if s.keyring.mode == "none":
             log.warning("auth.mode is `none`: every client is served without a key")
         # The supervisor also health-probes external endpoints, so it runs for every config.
@@ -162,40 +163,28 @@ class GatewayApp:
 
             s.supervisor = Supervisor(s)
             await s.supervisor.start()
-        loop = asyncio.get_running_loop()
-        s.extras["health_task"] = loop.create_task(_wake_pools(s))
+        s.wake_task = asyncio.get_running_loop().create_task(wake_pools(s.pools), name="wake-pools")
 
     async def shutdown(self) -> None:
         s = self.state
         # 1. Refuse new work (uvicorn has already stopped accepting and drained connections).
         s.draining = True
-        task = s.extras.pop("health_task", None)
-        if task is not None:
-            task.cancel()
+        if s.wake_task is not None:
+            s.wake_task.cancel()
+            s.wake_task = None
         # 2. Stop engines: their process groups get SIGTERM, then SIGKILL after the grace period.
         if s.supervisor is not None:
             await s.supervisor.stop()
         # 3. Flush the ledger and close shared clients.
-        for name in ("keystore",):
-            obj = s.extras.pop(name, None)
-            if obj is not None:
-                await obj.close()
+        if s.keystore is not None:
+            await s.keystore.close()
+            s.keystore = None
         if s.limiter is not None:
             await s.limiter.close()
         if s.meter is not None:
             await s.meter.close()
         if s.http is not None:
             await s.http.close()
-
-
-async def _wake_pools(state: GatewayState) -> None:
-    """Backends that sat out a passive cool-off become routable by time passing alone;
-    nudge the pools so queued requests notice without waiting for another release."""
-    while True:
-        await asyncio.sleep(0.5)
-        for pool in state.pools.values():
-            if pool.queued:
-                pool.wake()
 
 
 def _only(method: str, allowed: str) -> None:

@@ -15,7 +15,7 @@ from gateway.engines.gpus import GpuInventory, GpusExhausted
 from gateway.engines.health import ProbeCounter, parse_gauges
 from gateway.engines.logs import EngineLog, log_file_name
 from gateway.engines.ports import PortAllocator, PortsExhausted, port_is_free
-from gateway.routing.pool import BackendState
+from gateway.routing.backend import BackendState
 
 # --- devices ---
 

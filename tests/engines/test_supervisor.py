@@ -13,7 +13,7 @@ import aiohttp
 import httpx
 
 from gateway.engines.supervisor import Supervisor
-from gateway.routing.pool import BackendState
+from gateway.routing.backend import BackendState
 from gateway.server.admin import build_admin_app
 from tests.engines.util import FAKE_ENGINE, environ_of, make_state, pid_gone, run, until
 

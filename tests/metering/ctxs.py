@@ -10,7 +10,8 @@ import orjson
 from gateway.config import PoolConfig
 from gateway.context import RequestContext
 from gateway.keys.auth import Key
-from gateway.routing.pool import Backend, Pool
+from gateway.routing.backend import Backend
+from gateway.routing.pool import Pool
 
 _POOLS: dict[str, Pool] = {}
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..pool import Backend
+    from ..backend import Backend
 
 
 class LeastOutstanding:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..pool import Backend
+    from ..backend import Backend
 
 
 class RoundRobin:

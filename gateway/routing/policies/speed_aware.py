@@ -36,23 +36,19 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..pool import Backend
+    from ..backend import Backend
 
 # Output length, in tokens, that weighs time-per-token against time-to-first-token. Only
 # the ratio matters; it is the order of a short chat answer.
 REFERENCE_TOKENS = 64
-# Backend.extra key holding the engine's batch size (max-num-seqs / max-running-requests),
-# filled by whoever knows it: the launcher of a spawned engine, or a /metrics scraper
-# remembering the most requests the engine ran at once while others waited.
-CAPACITY_KEY = "engine_capacity"
 
 
 def engine_capacity(b: Backend) -> int | None:
     """The engine's batch size if something told us, else None."""
-    cap = b.extra.get(CAPACITY_KEY)
-    if isinstance(cap, int | float) and not isinstance(cap, bool) and cap >= 1:
-        return int(cap)
-    return None
+    # `Backend.engine_capacity` is filled by whoever knows it (a launcher, a /metrics
+    # scraper remembering the most requests the engine ran at once while others waited).
+    cap = b.engine_capacity
+    return cap if cap is not None and cap >= 1 else None
 
 
 def expected_seconds(
