@@ -16,14 +16,9 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletionChunk
 
 from gateway.errors import GatewayError
-from gateway.proxy.bodyedit import replace_model
-from gateway.proxy.engine_errors import (
-    check_dimensions,
-    floats_to_base64,
-    force_float_request,
-    normalize_error,
-    request_wants_base64,
-)
+from gateway.proxy.bodyedit import force_float_request, replace_model, request_wants_base64
+from gateway.proxy.embeddings import check_dimensions, floats_to_base64
+from gateway.proxy.engine_errors import normalize_error
 from gateway.proxy.reasoning import StreamSplitter, rewrite_chat_event
 
 # --- model names (bodyedit.replace_model, used on every relayed event) --------------------------

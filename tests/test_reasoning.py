@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from gateway.proxy.bodyedit import strip_reasoning_from_request
 from gateway.proxy.reasoning import (
     StreamSplitter,
     drain_chat_events,
     rewrite_chat_body,
     rewrite_chat_event,
     split_text,
-    strip_reasoning_from_request,
 )
 
 SPLIT = ("deepseek_r1", "think_tags")

@@ -10,9 +10,10 @@ import pytest
 from gateway import config
 from gateway.errors import GatewayError
 from gateway.keys.auth import KeyRing, bearer, hash_key
+from gateway.proxy.bodyedit import with_include_usage
 from gateway.proxy.headers import request_headers, response_headers
 from gateway.proxy.plan import replace_model
-from gateway.proxy.sse import EventFramer, body_usage, event_usage, is_usage_only, with_include_usage
+from gateway.proxy.sse import EventFramer, body_usage, event_usage, is_usage_only
 from gateway.routing.backend import Backend, BackendState
 from gateway.routing.policies import make_balancer
 from gateway.routing.pool import Pool

@@ -1,4 +1,9 @@
-"""Byte-level edits of JSON bodies, for the few fields the gateway must change.
+"""Every edit the gateway makes to a request body, and the model-name edit of answers.
+
+The request edits, in the order `plan` applies them: ask a stream for its usage chunk
+(`with_include_usage`), drop echoed reasoning (`strip_reasoning_from_request`), ask a
+floats-only engine for floats (`force_float_request`), and, per backend at send time,
+the model name it serves (`request_for_backend`).
 
 Re-encoding a whole request or response costs far more than a `find` and a slice, and
 would reorder or reformat what the client or engine sent; these helpers change one
@@ -58,3 +63,58 @@ def request_for_backend(raw: bytes, body: dict[str, Any], served: str) -> bytes:
     return orjson.dumps({**body, "model": served})
 
 
+def with_include_usage(raw: bytes, body: dict[str, Any]) -> bytes:
+    """The request body asking the engine for a usage chunk, changing as few bytes as we can."""
+    opts = body.get("stream_options")
+    if opts is None:
+        stripped = raw.lstrip()
+        if stripped.startswith(b"{"):
+            rest = stripped[1:].lstrip()
+            sep = b"" if rest.startswith(b"}") else b","
+            return b'{"stream_options":{"include_usage":true}' + sep + rest
+    new = dict(body)
+    new["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    return orjson.dumps(new)
+
+
+def request_wants_base64(body: dict[str, Any]) -> bool:
+    return body.get("encoding_format") == "base64"
+
+
+def force_float_request(raw: bytes, body: dict[str, Any]) -> bytes:
+    """The request body asking the engine for floats (for pools with `engine_base64: false`).
+
+    Swaps the one `encoding_format` token in place when it appears exactly once (the
+    common case: no re-encode of a large input); otherwise re-encodes. Returns `raw`
+    when the body does not ask for base64.
+    """
+    if not request_wants_base64(body):
+        return raw
+    for token in (b'"encoding_format":"base64"', b'"encoding_format": "base64"'):
+        if raw.count(token) == 1:
+            return raw.replace(token, b'"encoding_format":"float"')
+    return orjson.dumps({**body, "encoding_format": "float"})
+
+
+# Clients echo these back on assistant messages (see proxy/reasoning.py for the answers).
+REASONING_FIELDS = ("reasoning", "reasoning_content")
+
+
+def strip_reasoning_from_request(body: dict[str, Any]) -> bool:
+    """Drop `reasoning`/`reasoning_content` from assistant messages, in place; True if any went.
+
+    Clients echo earlier answers back with these fields; some engines reject unknown
+    message fields with a 400, and no chat template needs them. Call it only when the
+    raw body contains `"reasoning` (cheap bytes test first).
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return False
+    changed = False
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") == "assistant":
+            for f in REASONING_FIELDS:
+                if f in m:
+                    del m[f]
+                    changed = True
+    return changed

@@ -1,25 +1,16 @@
-"""Engine differences the client must not see: error shapes, base64 embeddings.
+"""Engine error answers, normalised to OpenAI's error shape whatever the engine sent.
 
-Model names are rewritten by `bodyedit.replace_model`.
-
-Pure functions on bytes and parsed bodies; the proxy decides when to call them. Tool
-calls need nothing here: `tools`, `tool_choice`, `parallel_tool_calls`, tool messages
-and `tool_calls` deltas pass through untouched (nothing below rewrites them).
+A pure function on bytes; `plan` installs it as every request's error rewrite.
 """
 
 from __future__ import annotations
 
-import base64
 import re
-import sys
-from array import array
 from typing import Any, NamedTuple
 
 import orjson
 
-from ..errors import error_body, invalid_request
-
-# --- errors --------------------------------------------------------------------------------
+from ..errors import error_body
 
 _MAX_MESSAGE = 2000
 # vLLM "maximum context length", SGLang "longer than the model's context length",
@@ -134,64 +125,3 @@ def normalize_error(status: int, body: bytes, content_type: str | None) -> tuple
     elif code == "context_length_exceeded":
         param = param or "messages"
     return status, error_body(message, type_, param, code)
-
-
-# --- embeddings ----------------------------------------------------------------------------
-
-
-def request_wants_base64(body: dict[str, Any]) -> bool:
-    return body.get("encoding_format") == "base64"
-
-
-def force_float_request(raw: bytes, body: dict[str, Any]) -> bytes:
-    """The request body asking the engine for floats (for pools with `engine_base64: false`).
-
-    Swaps the one `encoding_format` token in place when it appears exactly once (the
-    common case: no re-encode of a large input); otherwise re-encodes. Returns `raw`
-    when the body does not ask for base64.
-    """
-    if not request_wants_base64(body):
-        return raw
-    for token in (b'"encoding_format":"base64"', b'"encoding_format": "base64"'):
-        if raw.count(token) == 1:
-            return raw.replace(token, b'"encoding_format":"float"')
-    return orjson.dumps({**body, "encoding_format": "float"})
-
-
-def _b64_float32(vector: list[Any]) -> str:
-    arr = array("f", vector)
-    if sys.byteorder == "big":  # the wire format is little-endian float32
-        arr.byteswap()
-    return base64.b64encode(arr.tobytes()).decode("ascii")
-
-
-def floats_to_base64(body: bytes) -> bytes:
-    """An embeddings response with each float `embedding` replaced by base64 little-endian float32.
-
-    What OpenAI (and the SDK's decoder) expect for `encoding_format: base64`. Everything
-    else is kept. Returns `body` itself when no embedding is a float list (already base64,
-    or not an embeddings response).
-    """
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body
-    data = obj.get("data") if isinstance(obj, dict) else None
-    if not isinstance(data, list):
-        return body
-    changed = False
-    for item in data:
-        if isinstance(item, dict) and isinstance(item.get("embedding"), list):
-            item["embedding"] = _b64_float32(item["embedding"])
-            changed = True
-    return orjson.dumps(obj) if changed else body
-
-
-def check_dimensions(body: dict[str, Any], supports: bool) -> None:
-    """Reject `dimensions` unless the pool declares the engine honours it (else it is silently ignored)."""
-    if body.get("dimensions") is not None and not supports:
-        raise invalid_request(
-            "This model does not support the `dimensions` parameter; omit it to get the model's full vector.",
-            param="dimensions",
-            code="unsupported_parameter",
-        )

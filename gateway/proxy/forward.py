@@ -3,7 +3,7 @@
 Steps: take a backend slot (the pool may queue us) -> send the body -> on a connection
 failure or a 502/503 before anything reached the client, try another backend -> relay
 (a stream event by event as it arrives, or a whole JSON body) -> release the slot in
-`finally`, whatever happened. Client disconnects are handled by the caller cancelling
+`finally`, whatever happened, and feed a completed answer's timing to the balancer. Client disconnects are handled by the caller cancelling
 the task running `forward`; cancellation closes the engine connection, so the engine
 aborts the request and frees its batch slot.
 """
@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 
@@ -26,6 +23,7 @@ from ..server.asgi import RawHeaders, Send
 from . import sse
 from .bodyedit import request_for_backend
 from .headers import request_headers, response_headers
+from .plan import Plan
 
 log = logging.getLogger("gateway.proxy")
 
@@ -42,30 +40,6 @@ _CONNECT_ERRORS = (
     aiohttp.ClientOSError,
 )
 
-# Rewrites applied to each relayed event / non-stream body (model names, reasoning).
-EventRewrite = Callable[[bytes], bytes | None]
-BodyRewrite = Callable[[bytes], bytes]
-ErrorRewrite = Callable[[int, bytes, str | None], tuple[int, bytes]]
-
-
-@dataclass(eq=False)
-class Plan:
-    """How to forward this request: what to send and how to treat what comes back."""
-
-    path: str  # e.g. "/chat/completions", appended to the backend's base URL
-    body: bytes
-    parsed: dict[str, Any]  # the client's body, parsed (read-only)
-    client_headers: RawHeaders
-    # The model name engines of this pool serve, when a backend has not told us its own.
-    served_default: str
-    strip_usage: bool = False  # we injected include_usage; the client must not see the chunk
-    rewrite_event: EventRewrite | None = None
-    rewrite_body: BodyRewrite | None = None
-    rewrite_error: ErrorRewrite | None = None
-    before_done: Callable[[], bytes] | None = None  # events to flush before `data: [DONE]`
-    extra_headers: RawHeaders | None = None  # e.g. rate-limit headers for the client
-
-
 async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContext, plan: Plan, send: Send) -> None:
     """Forward and relay; raises GatewayError only while nothing has been sent to the client."""
     tried: set[Backend] = set()
@@ -78,6 +52,8 @@ async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContex
             retry = await _attempt(session, pool, backend, ctx, plan, send)
         finally:
             pool.release(backend)
+            if ctx.completed:
+                _observe(backend, ctx)
         if retry is None:
             return
         tried.add(backend)
@@ -86,6 +62,16 @@ async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContex
                  "retrying" if attempt < pool.cfg.retries else "giving up")
     assert last_error is not None
     raise last_error
+
+
+def _observe(backend: Backend, ctx: RequestContext) -> None:
+    """Balancer feedback: a completed answer's timing feeds the backend's speed estimates."""
+    if ctx.upstream_started is None or ctx.first_byte_at is None:
+        return
+    out = ctx.usage.get("completion_tokens", 0) if ctx.usage else 0
+    # A non-stream answer's first byte is its last: it says nothing about time to first token.
+    ttft = ctx.first_byte_at - ctx.upstream_started if ctx.stream else None
+    backend.observe(ttft, time.monotonic() - ctx.upstream_started, int(out or 0))
 
 
 async def _attempt(

@@ -1,15 +1,15 @@
-"""The inference routes (/v1/chat/completions, /v1/completions, /v1/embeddings), top-down.
+"""The inference pipeline, top-down, for every route in `server.routes.ROUTES`.
 
     authenticate -> read body -> resolve model -> admit (rate limits) -> plan -> forward -> finish
 
 Each step is a named function; each failure is a GatewayError that `handle` turns into
-an OpenAI-shaped response while nothing has been sent yet. `finish` runs on every path
-and hands the request's record to metering, metrics and the rate limiter.
+an error response (in the route's dialect) while nothing has been sent yet. A client
+that disconnects cancels `forward` (`server.asgi.run_until_disconnect`). `finish` runs on
+every path and hands the request's record to metering, metrics and the rate limiter.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -29,52 +29,50 @@ from ..server.asgi import (
     encode_headers,
     header,
     read_body,
+    run_until_disconnect,
     send_response,
 )
+from ..server.routes import ERROR_BODIES, Route, paths_for
 from ..state import GatewayState
-from . import plan as rewrites
-from .forward import Plan, forward
-from .sse import with_include_usage
+from .forward import forward
+from .plan import make_plan
 
 log = logging.getLogger("gateway.inference")
-
-# ASGI path -> (endpoint name, path under the engine's /v1, pool kind that serves it)
-ROUTES: dict[str, tuple[str, str, str]] = {
-    "/v1/chat/completions": ("chat", "/chat/completions", "chat"),
-    "/v1/completions": ("completions", "/completions", "chat"),
-    "/v1/embeddings": ("embeddings", "/embeddings", "embedding"),
-}
 
 
 def new_request_id() -> str:
     return "req-" + os.urandom(12).hex()
 
 
-async def handle(state: GatewayState, scope: Scope, receive: Receive, send: Send) -> None:
-    endpoint, upstream_path, kind = ROUTES[scope["path"]]
-    ctx = RequestContext(request_id=header(scope, b"x-request-id") or new_request_id(), endpoint=endpoint)
+async def handle(state: GatewayState, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+    ctx = RequestContext(request_id=header(scope, b"x-request-id") or new_request_id(), endpoint=route.endpoint)
+    # Rate-limit headers, known once the key is admitted; sent on the answer or the error.
+    limit_headers: dict[str, str] = {}
     try:
         if state.draining:
             raise GatewayError(503, "The gateway is shutting down.", "shutting_down", headers={"retry-after": "1"})
         ctx.key = authenticate(state, scope)
         raw = await read_body(scope, receive, state.config.server.max_body_bytes)
         body = parse_body(raw)
-        pool = resolve(state, ctx.key, body, kind)
-        describe(ctx, scope, pool, body)
+        pool = resolve(state, ctx.key, body, route)
+        describe(ctx, scope, pool, body, route)
         if state.limiter is not None:
             ctx.admission = await state.limiter.admit(ctx.key, ctx)
-        plan = make_plan(state, ctx, pool, raw, body, upstream_path, scope)
+            limit_headers = state.limiter.headers(ctx.admission)
+        plan = make_plan(
+            ctx, pool, raw, body, route.upstream_path, scope["headers"], encode_headers(limit_headers) or None
+        )
         assert state.http is not None
-        await _run_until_disconnect(forward(state.http, pool, ctx, plan, send), receive, ctx)
+        if await run_until_disconnect(forward(state.http, pool, ctx, plan, send), receive):
+            ctx.error = "client disconnected"
+            if ctx.status == 0:
+                ctx.status = 499
     except GatewayError as e:
         ctx.error = ctx.error or e.message
         if ctx.status == 0:
             ctx.status = e.status
-            headers = dict(e.headers)
-            if state.limiter is not None and ctx.admission is not None:
-                headers.update(state.limiter.headers(ctx.admission))
-            headers["x-request-id"] = ctx.request_id
-            await send_response(send, e.status, e.body(), encode_headers(headers))
+            headers = {**e.headers, **limit_headers, "x-request-id": ctx.request_id}
+            await send_response(send, e.status, ERROR_BODIES[route.errors](e), encode_headers(headers))
     except ClientDisconnected:
         ctx.error = "client disconnected before sending the whole request"
         ctx.status = 499
@@ -106,7 +104,8 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def resolve(state: GatewayState, key: Key, body: dict[str, Any], kind: str) -> Pool:
+def resolve(state: GatewayState, key: Key, body: dict[str, Any], route: Route) -> Pool:
+    """The pool serving the body's `model`, if this key may use it on this route."""
     model = body.get("model")
     if model is None:
         raise invalid_request("You must provide a model parameter.", param="model", code="missing_model")
@@ -116,86 +115,33 @@ def resolve(state: GatewayState, key: Key, body: dict[str, Any], kind: str) -> P
     # A model outside the key's allowlist is indistinguishable from one that does not exist.
     if pool is None or not key.allows(pool.name):
         raise model_not_found(model)
-    if pool.cfg.kind != kind:
-        what = "an embedding model" if pool.cfg.kind == "embedding" else "a chat/completion model"
-        endpoint = "/v1/embeddings" if pool.cfg.kind == "embedding" else "/v1/chat/completions or /v1/completions"
+    kind = pool.cfg.kind
+    if kind not in route.kinds:
+        what = "an embedding model" if kind == "embedding" else "a chat/completion model"
         raise invalid_request(
-            f"`{model}` is {what}; use {endpoint}.", param="model", code="model_not_supported_on_endpoint"
+            f"`{model}` is {what}; use {' or '.join(paths_for(kind))}.",
+            param="model",
+            code="model_not_supported_on_endpoint",
         )
     return pool
 
 
-def describe(ctx: RequestContext, scope: Scope, pool: Pool, body: dict[str, Any]) -> None:
+def describe(ctx: RequestContext, scope: Scope, pool: Pool, body: dict[str, Any], route: Route) -> None:
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise invalid_request("`stream` must be a boolean.", param="stream", code="invalid_type")
     ctx.pool = pool
     ctx.model_requested = body["model"]
     ctx.body = body
-    ctx.stream = bool(stream) and ctx.endpoint != "embeddings"
+    ctx.stream = bool(stream) and route.streams
     opts = body.get("stream_options")
     ctx.include_usage_requested = isinstance(opts, dict) and opts.get("include_usage") is True
     user = body.get("user")
     ctx.user = user if isinstance(user, str) and user else header(scope, b"x-openwebui-user-id")
 
 
-def make_plan(
-    state: GatewayState, ctx: RequestContext, pool: Pool, raw: bytes, body: dict[str, Any], path: str, scope: Scope
-) -> Plan:
-    plan = Plan(path=path, body=raw, parsed=body, client_headers=scope["headers"], served_default=pool.served_default)
-    if ctx.stream and not ctx.include_usage_requested:
-        # Meter streams exactly: ask the engine for its usage chunk, hide it from the client.
-        plan.body = with_include_usage(raw, body)
-        plan.strip_usage = True
-    rewrites.apply(plan, pool, ctx, body)
-    if state.limiter is not None and ctx.admission is not None:
-        plan.extra_headers = encode_headers(state.limiter.headers(ctx.admission)) or None
-    return plan
-
-
-async def _run_until_disconnect(work: Any, receive: Receive, ctx: RequestContext) -> None:
-    """Run `work` in this task; if the client disconnects first, cancel it (closing the
-    engine connection, so the engine aborts and frees its slot)."""
-    task = asyncio.current_task()
-    assert task is not None
-    finished = False
-    disconnected = False
-
-    async def watch() -> None:
-        nonlocal disconnected
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                break
-        if not finished:
-            disconnected = True
-            task.cancel()
-
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        await work
-        finished = True
-    except asyncio.CancelledError:
-        if not disconnected:
-            raise
-        task.uncancel()
-        ctx.error = "client disconnected"
-        if ctx.status == 0:
-            ctx.status = 499
-    finally:
-        finished = True
-        watcher.cancel()
-
-
 async def finish(state: GatewayState, ctx: RequestContext) -> None:
     """Record the request everywhere it is counted. Never raises, never blocks for long."""
-    b = ctx.backend
-    if b is not None and ctx.completed and ctx.upstream_started is not None and ctx.first_byte_at is not None:
-        out = ctx.usage.get("completion_tokens", 0) if ctx.usage else 0
-        end = ctx.ended or time.monotonic()
-        # A non-stream answer's first byte is its last: it says nothing about time to first token.
-        ttft = ctx.first_byte_at - ctx.upstream_started if ctx.stream else None
-        b.observe(ttft, end - ctx.upstream_started, int(out or 0))
     try:
         if state.meter is not None:
             state.meter.record(ctx)

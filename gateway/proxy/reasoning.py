@@ -376,23 +376,3 @@ def rewrite_chat_body(body: bytes, mode: str) -> bytes:
             msg["reasoning_content"] = reasoning
         changed = True
     return orjson.dumps(obj) if changed else body
-
-
-def strip_reasoning_from_request(body: dict[str, Any]) -> bool:
-    """Drop `reasoning`/`reasoning_content` from assistant messages, in place; True if any went.
-
-    Clients echo earlier answers back with these fields; some engines reject unknown
-    message fields with a 400, and no chat template needs them. Call it only when the
-    raw body contains `"reasoning` (cheap bytes test first).
-    """
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        return False
-    changed = False
-    for m in messages:
-        if isinstance(m, dict) and m.get("role") == "assistant":
-            for f in _FIELDS:
-                if f in m:
-                    del m[f]
-                    changed = True
-    return changed

@@ -1,4 +1,4 @@
-"""Server-sent events on the relay path: framing, the usage chunk, request body splicing.
+"""Server-sent events on the relay path: framing and the usage chunk.
 
 We frame the engine's byte stream into whole events (so a rewrite never sees half an
 event) and otherwise leave every byte alone. Only events that need a decision are
@@ -72,20 +72,6 @@ def is_usage_only(event: bytes) -> bool:
     return any(m in event for m in _EMPTY_CHOICES)
 
 
-def event_error(event: bytes) -> str | None:
-    """An in-stream error event's message (engines send `data: {"error": ...}`)."""
-    if b'"error"' not in event[:32]:
-        return None
-    try:
-        obj = orjson.loads(_data(event))
-    except orjson.JSONDecodeError:
-        return None
-    err = obj.get("error") if isinstance(obj, dict) else None
-    if isinstance(err, dict):
-        return str(err.get("message") or "engine error")
-    return str(err) if err else None
-
-
 def _data(event: bytes) -> bytes:
     payload = event.strip()
     if payload.startswith(b"data:"):
@@ -115,17 +101,3 @@ def body_usage(body: bytes) -> dict[str, Any] | None:
                     return None
                 return usage if isinstance(usage, dict) else None
     return None
-
-
-def with_include_usage(raw: bytes, body: dict[str, Any]) -> bytes:
-    """The request body asking the engine for a usage chunk, changing as few bytes as we can."""
-    opts = body.get("stream_options")
-    if opts is None:
-        stripped = raw.lstrip()
-        if stripped.startswith(b"{"):
-            rest = stripped[1:].lstrip()
-            sep = b"" if rest.startswith(b"}") else b","
-            return b'{"stream_options":{"include_usage":true}' + sep + rest
-    new = dict(body)
-    new["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-    return orjson.dumps(new)

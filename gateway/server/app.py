@@ -18,12 +18,13 @@ from ..keys.auth import KeyRing, bearer
 from ..keys.sync import KeyStore
 from ..metering import Meter
 from ..metrics import Metrics
-from ..proxy import pipeline as inference
+from ..proxy import pipeline
 from ..proxy.client import make_session
 from ..ratelimit import Limiter
 from ..routing.pool import wake_pools
 from ..state import GatewayState, build_names, build_pools
 from .asgi import Receive, Scope, Send, header, send_json, send_response
+from .routes import ROUTES
 
 log = logging.getLogger("gateway")
 
@@ -49,10 +50,11 @@ class GatewayApp:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path in inference.ROUTES:
-                if scope["method"] != "POST":
-                    return await _error(send, _method_not_allowed("POST"))
-                return await inference.handle(self.state, scope, receive, send)
+            route = ROUTES.get(path)
+            if route is not None:
+                if scope["method"] != route.method:
+                    return await _error(send, _method_not_allowed(route.method))
+                return await pipeline.handle(self.state, route, scope, receive, send)
             if path.startswith("/admin"):
                 return await self._admin_app()(scope, receive, send)
             return await self._small(scope, send, path)

@@ -1,4 +1,4 @@
-"""Thin ASGI helpers for the hot path: read a bounded body, send bytes, watch for disconnect.
+"""Thin ASGI helpers for the hot path: read a bounded body, send bytes, cancel on disconnect.
 
 The inference routes are plain ASGI (no framework request/response objects) because
 every microsecond on this path is paid per request and per streamed event.
@@ -6,6 +6,7 @@ every microsecond on this path is paid per request and per streamed event.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -74,9 +75,36 @@ def encode_headers(h: dict[str, str]) -> RawHeaders:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in h.items()]
 
 
-async def wait_for_disconnect(receive: Receive) -> None:
-    """Returns when the client disconnects (the request body must already be consumed)."""
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            return
+async def run_until_disconnect(work: Awaitable[None], receive: Receive) -> bool:
+    """Run `work` in this task; if the client disconnects first, cancel it and return True.
+
+    The request body must already be consumed. Cancelling the proxy's work closes the
+    engine connection, so the engine aborts the request and frees its batch slot.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    finished = False
+    disconnected = False
+
+    async def watch() -> None:
+        nonlocal disconnected
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                break
+        if not finished:
+            disconnected = True
+            task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        await work
+        finished = True
+    except asyncio.CancelledError:
+        if not disconnected:
+            raise
+        task.uncancel()
+    finally:
+        finished = True
+        watcher.cancel()
+    return disconnected
