@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from .engines.supervisor import Supervisor
     from .keys.auth import KeyRing
-    from .keys.sync import KeyStore
+    from .keys.sync import KeySync
     from .metering import Meter
     from .metrics import Metrics
     from .ratelimit import Limiter
@@ -38,7 +38,7 @@ class GatewayState:
     meter: Meter | None = None
     limiter: Limiter | None = None
     metrics: Metrics | None = None
-    keystore: KeyStore | None = None  # dynamic keys: polls the shared store, admin operations
+    key_sync: KeySync | None = None  # dynamic keys: loaded from the shared store, polled
     wake_task: asyncio.Task[None] | None = None  # routing.pool.wake_pools, owned by the lifespan
     draining: bool = False
     # False when the embedding process runs engines itself (tests, benchmarks): a reload

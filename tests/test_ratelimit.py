@@ -74,7 +74,7 @@ def test_keys_without_limits_cost_nothing() -> None:
 def test_rpm_60_admits_exactly_60_of_100(cfg: GatewayConfig) -> None:
     async def main() -> None:
         lim = await Limiter.start(cfg, None)
-        assert type(lim.backend).__name__ == ("RedisBackend" if cfg.redis_url else "LocalBackend")
+        assert type(lim.counters).__name__ == ("RedisCounters" if cfg.redis_url else "LocalCounters")
         k = key("rpm60", rpm=60)
         ok, refused = await _admit_many([lim], k, 100)
         assert (ok, len(refused)) == (60, 40)

@@ -84,9 +84,6 @@ class KeyRing:
     def drop(self, key_sha256: str) -> None:
         self.dynamic_keys.pop(key_sha256, None)
 
-    def all_keys(self) -> list[Key]:
-        return [*self.config_keys.values(), *self.dynamic_keys.values()]
-
     def lookup(self, secret: str | None) -> Key | None:
         """The key for a presented secret, or None. In `none` mode everyone is anonymous."""
         if self.mode == "none" and not secret:

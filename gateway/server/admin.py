@@ -35,9 +35,10 @@ async def require_admin(request: Request) -> None:
 def _routers() -> list[APIRouter]:
     # Imported here so that the admin app's FastAPI routes load only when first used.
     from ..engines.admin_api import router as engines_router
+    from ..keys.admin_api import router as keys_router
     from ..metering.admin_api import router as usage_router
 
-    return [engines_router, usage_router]
+    return [engines_router, usage_router, keys_router]
 
 
 def build_admin_app(state: GatewayState) -> FastAPI:

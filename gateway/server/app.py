@@ -15,7 +15,7 @@ from typing import Any
 from ..config import GatewayConfig
 from ..errors import GatewayError, invalid_api_key, model_not_found
 from ..keys.auth import KeyRing, bearer
-from ..keys.sync import KeyStore
+from ..keys.sync import KeySync
 from ..metering import Meter
 from ..metrics import Metrics
 from ..proxy import pipeline
@@ -156,7 +156,7 @@ class GatewayApp:
         if cfg.metering.enabled:
             s.meter = await Meter.start(cfg)
         s.limiter = await Limiter.start(cfg, s.meter)
-        s.keystore = await KeyStore.start(cfg, s.keyring)
+        s.key_sync = await KeySync.start(cfg, s.keyring)
         if s.keyring.mode == "none":
             log.warning("auth.mode is `none`: every client is served without a key")
         # The supervisor also health-probes external endpoints, so it runs for every config.
@@ -178,9 +178,9 @@ class GatewayApp:
         if s.supervisor is not None:
             await s.supervisor.stop()
         # 3. Flush the ledger and close shared clients.
-        if s.keystore is not None:
-            await s.keystore.close()
-            s.keystore = None
+        if s.key_sync is not None:
+            await s.key_sync.close()
+            s.key_sync = None
         if s.limiter is not None:
             await s.limiter.close()
         if s.meter is not None:

@@ -10,8 +10,9 @@ import pytest
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
+from gateway.keys.admin import KeyAdmin
 from gateway.keys.auth import KeyRing, hash_key
-from gateway.keys.sync import KeyStore
+from gateway.keys.sync import KeySync
 from tests.redis_server import RedisServer
 
 CONFIG_SECRET = "sk-config-key"
@@ -26,7 +27,7 @@ def cfg(store: str, redis: str | None = None) -> GatewayConfig:
 
 async def _lifecycle(c: GatewayConfig) -> None:
     ring = KeyRing.from_config(c.auth)
-    ks = await KeyStore.start(c, ring, poll_s=0.05)
+    ks = KeyAdmin(await KeySync.start(c, ring, poll_s=0.05))
     try:
         info, secret = await ks.create(
             "team-a", ["qwen*"], rpm=600, tpm=100_000, budget="5000000/month", expires="2099-01-01"
@@ -70,16 +71,16 @@ async def _lifecycle(c: GatewayConfig) -> None:
 
         _, live = await ks.create("team-b")
     finally:
-        await ks.close()
+        await ks.sync.close()
 
     # A restarted gateway loads what was persisted.
     ring2 = KeyRing.from_config(c.auth)
-    ks2 = await KeyStore.start(c, ring2)
+    ks2 = KeyAdmin(await KeySync.start(c, ring2))
     try:
         assert ring2.lookup(live) is not None and ring2.lookup(new_secret) is None
         assert {k["name"]: k["revoked"] for k in ks2.list()} == {"static": False, "team-a": True, "team-b": False}
     finally:
-        await ks2.close()
+        await ks2.sync.close()
 
 
 def test_keys_in_sqlite(tmp_path: Path) -> None:
@@ -94,14 +95,14 @@ def test_expired_key_stops_working() -> None:
     async def main() -> None:
         c = cfg("memory://")
         ring = KeyRing.from_config(c.auth)
-        ks = await KeyStore.start(c, ring)
+        ks = KeyAdmin(await KeySync.start(c, ring))
         _, secret = await ks.create("short", expires=time.time() + 0.2)
         assert ring.lookup(secret) is not None
         await asyncio.sleep(0.3)  # the expiry time itself is what is under test
         assert ring.lookup(secret) is None
         with pytest.raises(GatewayError):
             await ks.create("old", expires="2001-01-01")
-        await ks.close()
+        await ks.sync.close()
 
     asyncio.run(main())
 
@@ -110,8 +111,8 @@ def test_replicas_see_each_others_changes_within_the_poll_interval(redis_server:
     async def main() -> None:
         c = cfg("memory://", redis=redis_server.url)
         ring_a, ring_b = KeyRing.from_config(c.auth), KeyRing.from_config(c.auth)
-        a = await KeyStore.start(c, ring_a, poll_s=0.1)
-        b = await KeyStore.start(c, ring_b, poll_s=0.1)
+        a = KeyAdmin(await KeySync.start(c, ring_a, poll_s=0.1))
+        b = KeyAdmin(await KeySync.start(c, ring_b, poll_s=0.1))
         try:
             _, secret = await a.create("shared")
             t0 = time.monotonic()
@@ -125,7 +126,7 @@ def test_replicas_see_each_others_changes_within_the_poll_interval(redis_server:
                 await asyncio.sleep(0.01)
             assert time.monotonic() - t0 < 0.5  # about one poll interval
         finally:
-            await a.close()
-            await b.close()
+            await a.sync.close()
+            await b.sync.close()
 
     asyncio.run(main())

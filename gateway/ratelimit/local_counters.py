@@ -1,4 +1,4 @@
-"""GCRA arithmetic and the in-process backend (one gateway)."""
+"""GCRA arithmetic and the in-process counters (one gateway)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class Verdict:
 
 @dataclass
 class Request:
-    """One admission as the backends see it (0 / -1 mean 'no limit')."""
+    """One admission as the counter stores see it (0 / -1 mean 'no limit')."""
 
     name: str
     rpm: int
@@ -44,7 +44,7 @@ def _gcra(tat: float, now: float, limit: int, cost: float) -> tuple[bool, float,
     return True, new, int((WINDOW_S - (new - now)) / interval + 1e-9), new - now
 
 
-class LocalBackend:
+class LocalCounters:
     """In-process state; asyncio runs each admission to completion, so no locks are needed."""
 
     def __init__(self) -> None:

@@ -1,4 +1,4 @@
-"""The Redis backend: one Lua script per admission, so N replicas enforce one limit."""
+"""The Redis counters: one Lua script per admission, so N replicas enforce one limit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from .local import Request, Verdict
+from .local_counters import Request, Verdict
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -111,7 +111,7 @@ def _rkeys(name: str, budget_key: str) -> list[str]:
     return [p + "rpm", p + "tpm", p + "conc", p + "budget:" + budget_key]
 
 
-class RedisBackend:
+class RedisCounters:
     def __init__(self, url: str) -> None:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
