@@ -1,4 +1,4 @@
-"""Fixtures for the metering tests: a real redis-server per test (fresh, isolated)."""
+"""Shared fixtures: a real redis-server per test (fresh, isolated)."""
 
 from __future__ import annotations
 

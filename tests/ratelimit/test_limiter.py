@@ -21,7 +21,7 @@ from gateway.ratelimit import NOOP, Limiter, RateLimited, format_duration, parse
 from tests.metering.ctxs import ctx, key, usage
 from tests.redis_server import RedisServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
