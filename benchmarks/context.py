@@ -9,7 +9,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from benchmarks.procs import Placement
+from .procs import Placement
 
 T = TypeVar("T")
 

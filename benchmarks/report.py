@@ -12,8 +12,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from benchmarks.measure import fmt, summary
-from benchmarks.procs import ROOT, Placement
+from .measure import fmt, summary
+from .procs import ROOT, Placement
 
 NA = "n/a"
 
@@ -450,7 +450,7 @@ def tuning(tu: dict[str, Any]) -> str:
 Each variant is the same app and uvicorn settings as `gateway serve`, started through
 `benchmarks/launch.py` with exactly one knob changed, at c={tu['concurrency']} against zero-latency
 engines ("stream" here is the one-write-per-event engine). The baseline is the gateway as
-shipped, on its own keep-alive client to the engines (`gateway/httpclient.py`); the aiohttp
+shipped, on its own keep-alive client to the engines (`gateway/proxy/client.py`); the aiohttp
 fallback and httpx rows show what the alternatives cost. {st['reps']} repetitions of {st['window']} s;
 the baseline runs first and last. Deltas are of the medians (against the baseline unless
 another variant is named); differences under ~5% are noise.
@@ -470,7 +470,7 @@ def render(results: dict[str, Any], placement: Placement) -> str:
     sections.append(metering(sc.get("metering", {})))
     sections.append(profile(sc.get("profile", {})))
     sections.append(tuning(sc.get("tuning", {})))
-    from benchmarks.findings import findings
+    from .findings import findings
 
     sections.append(findings(results))
     return "\n".join(s for s in sections if s)

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import procs
-from benchmarks.context import Bench
+from . import procs
+from .context import Bench
 
 SCENARIOS = ("overhead", "streams", "balancing", "metering", "tuning", "profile", "model")
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render-only", action="store_true",
                    help="rewrite RESULTS.md from the --json file of an earlier run (no measurements)")
     args = p.parse_args(argv)
-    from benchmarks.report import render
+    from .report import render
 
     placement = procs.Placement.detect()
     if args.render_only:

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.proxy.headers import _aiohttp_session
+from gateway.proxy.client import _aiohttp_session
 
 # --- aiohttp variants ------------------------------------------------------------------
 

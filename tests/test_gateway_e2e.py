@@ -14,7 +14,8 @@ import openai
 import pytest
 
 from gateway.sim.testing import SimProcess
-from tests.gw import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, GatewayServer, auth_yaml, wait_until
+
+from .gw import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, GatewayServer, auth_yaml, wait_until
 
 FAST = ["--ttft-ms", "1", "--itl-ms", "1", "--max-num-seqs", "64"]
 

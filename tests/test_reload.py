@@ -19,8 +19,9 @@ from gateway.config import ConfigError
 from gateway.engines.supervisor import Supervisor
 from gateway.reload import reload
 from gateway.routing.backend import BackendState
-from tests.engines.util import make_state, pid_gone, run, until
-from tests.gw import ADMIN_KEY, CLIENT_KEY, GatewayServer, auth_yaml, wait_until
+
+from .engines.util import make_state, pid_gone, run, until
+from .gw import ADMIN_KEY, CLIENT_KEY, GatewayServer, auth_yaml, wait_until
 
 S = BackendState
 

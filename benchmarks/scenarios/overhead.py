@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks import loadgen, procs, workload
-from benchmarks.context import Bench
-from benchmarks.measure import Setup, point
+from .. import loadgen, procs, workload
+from ..context import Bench
+from ..measure import Setup, point
 
 TOKENS = 16
 MODES: list[tuple[str, str, bool, tuple[int, ...]]] = [

@@ -12,9 +12,9 @@ import asyncio
 import time
 from typing import Any
 
-from benchmarks import loadgen, procs, workload
-from benchmarks.context import Bench
-from benchmarks.measure import Setup, point
+from .. import loadgen, procs, workload
+from ..context import Bench
+from ..measure import Setup, point
 
 STREAMS = 1000
 TOKENS = 100
