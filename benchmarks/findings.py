@@ -177,7 +177,7 @@ def findings(res: dict[str, Any]) -> str:
 The previous engineer's proposals 1-8 are in the gateway now (see `git log`); this run
 measures the gateway as shipped, and the replaced pieces where they can still be selected.
 
-1. **Own keep-alive client to engines** (`gateway/httpclient.py`, `RawSession`; asyncio
+1. **Own keep-alive client to engines** (`gateway/proxy/client.py`, `RawSession`; asyncio
    protocols + httptools; `server.upstream_client: raw`, the default; aiohttp stays as the
    fallback). {_client_line(sc)}
    Previous report on aiohttp: {BEFORE['ns_cpu']} per non-stream request, {BEFORE['pe_cpu']} per
@@ -204,7 +204,7 @@ measures the gateway as shipped, and the replaced pieces where they can still be
 
 {_profile_line(sc)}
 
-The engine side of a request (`gateway/httpclient.py`) is now roughly a tenth of the
+The engine side of a request (`gateway/proxy/client.py`) is now roughly a tenth of the
 samples, where aiohttp took 30-42% in the previous report; uvicorn (the server side, its
 `send` includes the socket write) is the largest share, then the gateway's own request
 handling (`proxy`, `inference`, `sse`). For streams the cost is per event: one `recv` from
@@ -228,7 +228,7 @@ moves with the neighbours' load.
 - **prometheus_client** on the request path: a few percent of the samples; the
   "no Prometheus" row is the most it could save. Kept.
 - **uvicorn settings**: access log off (the "access log on" row); `proxy_headers` makes no
-  measurable difference, so `gateway/server.py` is unchanged.
+  measurable difference, so `gateway/server/run.py` is unchanged.
 - **Several workers (SO_REUSEPORT)**: on the gateway's single CPU, 2 workers only add context
   switches. With a CPU each they would add throughput; each worker's own outstanding count
   sees only its share, but the engines' gauges (read every second by every worker) give all
@@ -242,7 +242,7 @@ moves with the neighbours' load.
   hint comes close to the state-only oracle at 90% load; without any idea of a request's
   length no policy can match the clairvoyant oracle's tail, which sends long requests only
   to fast engines. This is why "within 10% of the oracle" is not met.
-- **The engine's batch size (`Backend.extra["engine_capacity"]`) is not filled by the gateway.**
+- **The engine's batch size (`Backend.engine_capacity`) is not filled by the gateway.**
   The gauges are read now, so it could be learned as the most requests an engine ran while
   others waited (the model's "batch learned from /metrics" row), or taken from the launcher
   for spawned engines (`--max-num-seqs`). In the model it matters most at 60% load, where

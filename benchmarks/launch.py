@@ -2,12 +2,12 @@
 
     python -m benchmarks.launch --config FILE --port P [knobs...]
 
-Same app (`gateway.app.create_app`) and the same uvicorn settings as `gateway serve`
-(`gateway.server.uvicorn_config`), then exactly one knob flipped, so a difference in
+Same app (`gateway.server.app.create_app`) and the same uvicorn settings as `gateway serve`
+(`gateway.server.run.uvicorn_config`), then exactly one knob flipped, so a difference in
 the numbers is that knob's. Knobs that change hot-path code (the HTTP client to the
 engines, the metrics object) are applied by patching at start-up here; the gateway's
 files are untouched. `--upstream raw` (the default) is the gateway's own default client
-(`gateway.httpclient.RawSession`), so it patches nothing.
+(`gateway.proxy.client.RawSession`), so it patches nothing.
 
 `--workers N` runs N processes that each bind the port with SO_REUSEPORT (the kernel
 spreads connections); the parent only waits and forwards SIGTERM.
@@ -42,19 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after start-up (objects alive then are "
                    "never scanned again)")
     p.add_argument("--engine-capacity", type=int, default=0,
-                   help="tell the balancer every endpoint's batch size (Backend.extra['engine_capacity'])")
+                   help="tell the balancer every endpoint's batch size (Backend.engine_capacity)")
     return p
 
 
 # Clients other than the default; each factory takes (and ignores) the `kind` argument
-# that gateway.app passes to make_session (cfg.server.upstream_client).
+# that gateway.server.app passes to make_session (cfg.server.upstream_client).
 UPSTREAMS = ("aiohttp", "aiohttp-limit100", "aiohttp-force-close", "aiohttp-decompress-off", "httpx")
 
 
 def _patch_upstream(kind: str) -> None:
     if kind == "raw":
         return  # the gateway's own default: nothing to patch
-    import gateway.app as app_mod
+    import gateway.server.app as app_mod
 
     from . import upstreams
 
@@ -77,7 +77,7 @@ def _patch_startup(args: argparse.Namespace, app: Any) -> None:
         if args.engine_capacity:
             for pool in st.pools.values():
                 for b in pool.backends:
-                    b.extra["engine_capacity"] = args.engine_capacity
+                    b.engine_capacity = args.engine_capacity
 
     app.startup = startup
 
@@ -86,8 +86,8 @@ def serve_one(args: argparse.Namespace, sock: socket.socket | None) -> None:
     import uvicorn
 
     from gateway import config as config_mod
-    from gateway.app import create_app
-    from gateway.server import _Server, setup_logging, uvicorn_config
+    from gateway.server.app import create_app
+    from gateway.server.run import _Server, setup_logging, uvicorn_config
 
     setup_logging()
     _patch_upstream(args.upstream)

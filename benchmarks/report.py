@@ -481,7 +481,7 @@ def tuning(tu: dict[str, Any]) -> str:
 Each variant is the same app and uvicorn settings as `gateway serve`, started through
 `benchmarks/launch.py` with exactly one knob changed, at c={tu['concurrency']} against zero-latency
 engines ("stream" here is the one-write-per-event engine). The baseline is the gateway as
-shipped, on its own keep-alive client to the engines (`gateway/httpclient.py`); the aiohttp
+shipped, on its own keep-alive client to the engines (`gateway/proxy/client.py`); the aiohttp
 fallback and httpx rows show what the alternatives cost. {st['reps']} repetitions of {st['window']} s;
 the baseline runs first and last. Deltas are of the medians (against the baseline unless
 another variant is named); differences under ~5% are noise.

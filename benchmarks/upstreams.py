@@ -1,14 +1,14 @@
 """HTTP clients to the engines, interchangeable behind the subset of aiohttp the gateway uses.
 
-The gateway talks to engines through `state.http`, from `gateway.upstream.make_session(kind)`:
-by default its own keep-alive client (`gateway.httpclient.RawSession`, asyncio protocols +
+The gateway talks to engines through `state.http`, from `gateway.proxy.client.make_session(kind)`:
+by default its own keep-alive client (`gateway.proxy.client.RawSession`, asyncio protocols +
 httptools), or aiohttp's session (`server.upstream_client: aiohttp`). The proxy uses `session.post(url, data=, headers=,
 timeout=)` as an async context manager, then `resp.status`, `resp.headers`,
 `await resp.read()` and `resp.content.iter_any()`; discovery uses `session.get` and
 `resp.json()`. Each factory below returns an object with that surface, so the launcher
 (benchmarks.launch --upstream KIND) can swap clients without touching the hot path:
 
-- aiohttp: the gateway's fallback session (`gateway.upstream._aiohttp_session`), and
+- aiohttp: the gateway's fallback session (`gateway.proxy.client._aiohttp_session`), and
   variants of it: the connector's limit, keep-alive off, decompression off.
 - httpx: `httpx.AsyncClient` with its default transport (encode/httpx #3215 reports its
   pool is slow under concurrency).
@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.upstream import _aiohttp_session
+from gateway.proxy.client import _aiohttp_session
 
 # --- aiohttp variants ------------------------------------------------------------------
 
@@ -126,7 +126,7 @@ class HttpxSession:
 
 
 def _ignore_kind(make: Callable[[], Any]) -> Callable[..., Any]:
-    """gateway.app calls make_session(cfg.server.upstream_client): accept and ignore it."""
+    """gateway.server.app calls make_session(cfg.server.upstream_client): accept and ignore it."""
 
     def factory(_kind: str | None = None) -> Any:
         return make()
@@ -134,8 +134,8 @@ def _ignore_kind(make: Callable[[], Any]) -> Callable[..., Any]:
     return factory
 
 
-# Replacements for gateway.app.make_session, by --upstream name. "raw" (the default) is not
-# here: it is the gateway's own `gateway.httpclient.RawSession`, used unpatched.
+# Replacements for gateway.server.app.make_session, by --upstream name. "raw" (the default) is not
+# here: it is the gateway's own `gateway.proxy.client.RawSession`, used unpatched.
 FACTORIES: dict[str, Callable[..., Any]] = {
     "aiohttp": _ignore_kind(_aiohttp_session),  # the gateway's fallback (server.upstream_client: aiohttp)
     "aiohttp-limit100": _ignore_kind(_aiohttp(limit=100, limit_per_host=0)),

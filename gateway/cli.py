@@ -17,7 +17,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .server.run import serve
 
     try:
         cfg = config_mod.load(args.config)
@@ -39,17 +39,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_keys_hash(args: argparse.Namespace) -> int:
-    from .auth import hash_key
-
-    secret = args.secret if args.secret is not None else sys.stdin.readline().strip()
-    if not secret:
-        print("gateway keys hash: give the key as an argument or on standard input", file=sys.stderr)
-        return 2
-    print(hash_key(secret))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible gateway for self-hosted engines")
     sub = p.add_subparsers(dest="command", required=True)
@@ -66,15 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("keys", help="API keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)
-    h = ksub.add_parser("hash", help="print the SHA-256 of a key, for `auth.keys[].key_sha256`")
-    h.add_argument("secret", nargs="?")
-    h.set_defaults(func=_cmd_keys_hash)
 
     from .engines import cli as engines_cli
+    from .keys import cli as keys_cli
     from .metering import cli as metering_cli
 
+    keys_cli.register(ksub)
     engines_cli.register(sub, ksub)
-    metering_cli.register(sub, ksub)
+    metering_cli.register(sub)
     return p
 
 

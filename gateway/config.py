@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ENGINES = ("vllm", "sglang", "lmdeploy", "llamacpp", "sim", "command")
 EngineName = Literal["vllm", "sglang", "lmdeploy", "llamacpp", "sim", "command"]
 PoolKind = Literal["chat", "embedding"]
 Reasoning = Literal["none", "passthrough", "deepseek_r1", "think_tags"]

@@ -158,8 +158,7 @@ class _StateCollector(Collector):
             for b in pool.backends:
                 outstanding.add_metric([name, b.id], b.outstanding)
                 up.add_metric([name, b.id], 1.0 if b.state == "ready" else 0.0)
-                n = b.extra.get("restarts", 0)
-                restarts.add_metric([name, b.id], float(n) if isinstance(n, int | float) else 0.0)
+                restarts.add_metric([name, b.id], float(b.restarts))
         yield from (outstanding, up, restarts, queue)
         yield from self._tokens(state)
         meter = state.meter

@@ -21,9 +21,9 @@ import logging
 from typing import Any
 
 from . import config as config_mod
-from .backends import Pool, endpoint_backends
-from .balancers import make_balancer
 from .config import ConfigError, GatewayConfig
+from .routing.policies import make_balancer
+from .routing.pool import Pool, endpoint_backends
 from .state import GatewayState, build_names
 
 log = logging.getLogger("gateway.reload")
@@ -102,7 +102,7 @@ async def _apply_engines(state: GatewayState, new: GatewayConfig, summary: dict[
     """Step 4: hand the spawned-engine diff (and endpoint probes) to the supervisor."""
     if state.supervisor is None:
         wants_engines = any(p.spawn for p in new.pools.values())
-        if not wants_engines or state.extras.get("spawn_engines") is False:
+        if not wants_engines or not state.spawn_engines:
             return
         from .engines.supervisor import Supervisor
 

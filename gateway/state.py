@@ -7,16 +7,22 @@ processes, the meter owns the usage ledger, the limiter owns rate limits. Each i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .backends import Pool, endpoint_backends
 from .config import GatewayConfig
+from .routing.pool import Pool, endpoint_backends
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from .auth import KeyRing
+    from .engines.supervisor import Supervisor
+    from .keys.auth import KeyRing
+    from .keys.sync import KeySync
+    from .metering import Meter
+    from .metrics import Metrics
+    from .ratelimit import Limiter
 
 
 @dataclass(eq=False)
@@ -27,13 +33,17 @@ class GatewayState:
     # pool name and every alias -> pool name
     names: dict[str, str]
     keyring: KeyRing
-    http: aiohttp.ClientSession | None = None
-    supervisor: Any = None  # engines.supervisor.Supervisor
-    meter: Any = None  # metering.Meter
-    limiter: Any = None  # ratelimit.Limiter
-    metrics: Any = None  # metrics.Metrics
+    http: aiohttp.ClientSession | None = None  # or proxy.client.RawSession, which has the same calls
+    supervisor: Supervisor | None = None
+    meter: Meter | None = None
+    limiter: Limiter | None = None
+    metrics: Metrics | None = None
+    key_sync: KeySync | None = None  # dynamic keys: loaded from the shared store, polled
+    wake_task: asyncio.Task[None] | None = None  # routing.pool.wake_pools, owned by the lifespan
     draining: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
+    # False when the embedding process runs engines itself (tests, benchmarks): a reload
+    # must not start a supervisor behind its back.
+    spawn_engines: bool = True
 
     def resolve(self, model: str) -> Pool | None:
         name = self.names.get(model)

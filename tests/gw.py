@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import uvicorn
 
 from gateway import config as config_mod
-from gateway.app import GatewayApp, create_app
+from gateway.server.app import GatewayApp, create_app
 from gateway.sim.testing import free_port
 
 T = TypeVar("T")

@@ -3,7 +3,7 @@
 Same engines (ITL 10/15/25/40 ms, batch 8, FIFO beyond it), same workload generator and
 loads as scenario 3, but simulated, so many seeds run in seconds and the policies can be
 compared without machine noise. The policies are the gateway's own classes from
-`gateway.balancers`, fed `gateway.backends.Backend` objects whose `observe()` runs on
+`gateway.routing.policies`, fed `gateway.routing.backend.Backend` objects whose `observe()` runs on
 every simulated completion, exactly as in the gateway. It also answers what cannot be
 measured cheaply: how much knowing the batch size is worth, what happens when it is
 inferred from live gauges (herding), and how far a non-clairvoyant policy can get
@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.backends import Backend
-from gateway.balancers import make_balancer
-from gateway.balancers.speed_aware import REFERENCE_TOKENS, engine_capacity
+from gateway.routing.backend import Backend
+from gateway.routing.policies import make_balancer
+from gateway.routing.policies.speed_aware import REFERENCE_TOKENS, engine_capacity
 
 from ..context import Bench
 from ..loadgen import mean, percentile
@@ -71,7 +71,7 @@ def simulate(policy: Policy | str, jobs: list[tuple[int, int]], arrivals: list[f
     owner: dict[int, int] = {}
     if capacity == "known":
         for b in (b for v in views for b in v):
-            b.extra["engine_capacity"] = BATCH
+            b.engine_capacity = BATCH
     events: list[tuple[float, int, int, int]] = [(a, 0, i, -1) for i, a in enumerate(arrivals)]
     heapq.heapify(events)
     if scrape:
@@ -139,11 +139,11 @@ def simulate(policy: Policy | str, jobs: list[tuple[int, int]], arrivals: list[f
                     b.engine_running, b.engine_waiting = float(len(e.running)), float(len(e.queue))
                     if capacity == "live":
                         if e.queue:
-                            b.extra["engine_capacity"] = len(e.running)
+                            b.engine_capacity = len(e.running)
                         else:
-                            b.extra.pop("engine_capacity", None)
+                            b.engine_capacity = None
                     elif capacity == "learned" and e.queue:
-                        b.extra["engine_capacity"] = max(len(e.running), int(b.extra.get("engine_capacity", 0)))  # type: ignore[call-overload]
+                        b.engine_capacity = max(len(e.running), b.engine_capacity or 0)
             heapq.heappush(events, (now + scrape, 3, -1, -1))
     ttft = [f - s for f, s in zip(first, start, strict=True)]
     return {"mean_s": mean(lat), "p99_s": percentile(lat, 99), "ttft_p99_s": percentile(ttft, 99)}

@@ -34,8 +34,8 @@ def component(frame: str) -> str:
     path = m.group(1) if m else ""
     if "asyncio/runners.py" in path:
         return "event loop (uvloop C code: I/O, polling, callbacks)"
-    if path.startswith("gateway/httpclient.py"):
-        return "gateway/httpclient.py (client to engines)"
+    if path.startswith("gateway/proxy/client.py"):
+        return "gateway/proxy/client.py (client to engines)"
     if path.startswith("gateway/"):
         return path
     for lib in ("aiohttp", "uvicorn", "prometheus_client", "asyncio", "multidict", "yarl"):

@@ -1,4 +1,4 @@
-"""Admin endpoints for engines (mounted under /admin with admin-key auth by gateway.admin).
+"""Admin endpoints for engines (mounted under /admin with admin-key auth by gateway.server.admin).
 
 - GET  /backends                       every backend, spawned and external, with its state
 - GET  /backends/{id}/logs?lines=N      the last N lines of a spawned engine's output
@@ -14,9 +14,9 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from ..backends import BackendState
 from ..config import ConfigError
 from ..errors import GatewayError
+from ..routing.backend import BackendState
 from ..state import GatewayState
 from .endpoints import status_row
 

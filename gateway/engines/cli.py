@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..admin_client import add_connection_args, call, print_table
+from ..server.admin_client import add_connection_args, call, print_table
 
 COLUMNS = [
     "pool",

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..backends import BackendState
 from ..config import GatewayConfig, PoolConfig, SpawnConfig
+from ..routing.backend import BackendState
 
 
 class Running(Protocol):

@@ -17,10 +17,11 @@ from typing import Any
 
 import aiohttp
 
-from ..backends import Backend, BackendState, Pool
 from ..config import HealthConfig
-from ..discovery import discover_until_known
+from ..routing.backend import Backend, BackendState
+from ..routing.pool import Pool
 from . import health
+from .discovery import discover_until_known
 
 log = logging.getLogger("gateway.engines")
 

@@ -43,12 +43,6 @@ class GpuInventory:
         for d in [d for d, o in self._owner.items() if o == owner]:
             del self._owner[d]
 
-    def owned_by(self, owner: str) -> tuple[str, ...]:
-        return tuple(d for d in self.devices if self._owner.get(d) == owner)
-
-    def assignments(self) -> dict[str, str]:
-        return dict(self._owner)
-
     def claim(self, devices: tuple[str, ...], owner: str) -> None:
         """Record devices already in use by a running engine (after an inventory change)."""
         for d in devices:

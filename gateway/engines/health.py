@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from ..backends import Backend
 from ..config import HealthConfig
+from ..routing.backend import Backend
 
 # Start-up polls start fast (a sim is up in 0.3 s) and slow down for engines loading for minutes.
 READY_POLL_FIRST = 0.1

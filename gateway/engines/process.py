@@ -33,10 +33,10 @@ from typing import Any
 
 import aiohttp
 
-from ..backends import Backend, BackendState
 from ..config import EnginesConfig, PoolConfig, SpawnConfig
-from ..discovery import discover
+from ..routing.backend import Backend, BackendState
 from . import health, launchers
+from .discovery import discover
 from .launchers import Launch, LaunchError
 from .logs import EngineLog
 from .osproc import child_setup, describe_exit, signal_group
@@ -98,7 +98,6 @@ class EngineProcess:
         self._on_change = on_change
         self.log = EngineLog(log_path, engines.log_max_bytes, engines.log_backups)
         self.history: deque[Transition] = deque(maxlen=200)
-        self.restarts = 0
         self.attempted = False  # finished at least one start attempt (READY or FAILED)
         self.created = time.monotonic()
         self.started_at: float | None = None  # monotonic, current process
@@ -124,6 +123,11 @@ class EngineProcess:
     @property
     def state(self) -> BackendState:
         return self.backend.state
+
+    @property
+    def restarts(self) -> int:
+        # Kept on the backend, where /metrics reads it.
+        return self.backend.restarts
 
     @property
     def pid(self) -> int | None:
@@ -171,7 +175,7 @@ class EngineProcess:
         failures = 0  # consecutive, for backoff; reset by a stable run
         while True:
             if self.state is not S.STARTING:
-                self.restarts += 1
+                self.backend.restarts += 1
                 self.transition(S.STARTING, f"restart #{self.restarts}")
             try:
                 problem = await self._start_once()

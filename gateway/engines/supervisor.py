@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ..backends import Backend, BackendState, Pool
 from ..config import EnginesConfig, GatewayConfig, PoolConfig, SpawnConfig
+from ..routing.backend import Backend, BackendState
+from ..routing.pool import Pool
 from . import diff, endpoints
 from .endpoints import EndpointProbe
 from .gpus import GpuInventory, GpusExhausted

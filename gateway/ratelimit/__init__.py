@@ -11,7 +11,7 @@ usage. Budgets (total tokens per month/week/day, or lifetime) are checked at adm
 against what was spent so far and charged at settle, so a few requests in flight can
 overshoot a budget slightly; they never start once it is spent.
 
-Two backends with the same arithmetic:
+Two counter stores with the same arithmetic:
 - in-process (one gateway): plain dicts; asyncio runs one admission at a time.
 - Redis (`cfg.redis_url`): one Lua script per admission decides all dimensions at once
   with Redis' clock, so N replicas enforce one global limit. Concurrency slots are
@@ -19,7 +19,7 @@ Two backends with the same arithmetic:
   If Redis fails, admissions fail open (logged) for a second before trying again:
   losing Redis must not take the gateway down.
 
-Keys with no limits and no budget never touch either backend (shared no-op admission).
+Keys with no limits and no budget never touch either counter store (shared no-op admission).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The limiter: admission, headers, settlement; the same for both backends."""
+"""The limiter: admission, headers, settlement; the same for both counter stores."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from gateway.errors import GatewayError
 
 from .budget import Budget, parse_budget
 from .cost import admission_cost, used_tokens
-from .local import LocalBackend, Request, Verdict
-from .redis_backend import RedisBackend
+from .local_counters import LocalCounters, Request, Verdict
+from .redis_counters import RedisCounters
 
 if TYPE_CHECKING:
-    from gateway.auth import Key
     from gateway.config import GatewayConfig
     from gateway.context import RequestContext
+    from gateway.keys.auth import Key
     from gateway.metering import Meter
 
 log = logging.getLogger("gateway.ratelimit")
@@ -72,14 +72,14 @@ def format_duration(seconds: float) -> str:
 
 # --- the limiter -----------------------------------------------------------------------
 
-Backend = LocalBackend | RedisBackend
+Counters = LocalCounters | RedisCounters
 
 
 class Limiter:
     """Admits or refuses requests per key. Each method documents what it waits on."""
 
-    def __init__(self, backend: Backend, meter: Meter | None = None) -> None:
-        self.backend = backend
+    def __init__(self, counters: Counters, meter: Meter | None = None) -> None:
+        self.counters = counters
         self.meter = meter
         self._seeded: set[tuple[str, str]] = set()
         self._seeding: dict[tuple[str, str], asyncio.Future[None]] = {}
@@ -104,7 +104,7 @@ class Limiter:
         if problems:
             raise ConfigError("\n".join(problems))
         url = cfg.redis_url
-        return cls(RedisBackend(url) if url else LocalBackend(), meter)
+        return cls(RedisCounters(url) if url else LocalCounters(), meter)
 
     async def admit(self, key: Key, ctx: RequestContext) -> Admission:
         """Decide one request: returns the admission or raises `RateLimited` (429).
@@ -138,9 +138,9 @@ class Limiter:
             budget_ttl=ttl,
         )
         try:
-            v = await self.backend.admit(req)
+            v = await self.counters.admit(req)
         except Exception as e:
-            self._backend_failed(e)
+            self._counters_failed(e)
             return NOOP  # fail open: a broken Redis must not refuse every request
         adm = Admission(req, key.rpm, v.rpm_remaining, v.rpm_reset, key.tpm, v.tpm_remaining, v.tpm_reset)
         if not v.ok:
@@ -209,9 +209,9 @@ class Limiter:
         adm.settled = True
         try:
             used = used_tokens(ctx)
-            await self.backend.settle(req, used - req.cost if req.tpm else 0, used, lease=True)
+            await self.counters.settle(req, used - req.cost if req.tpm else 0, used, lease=True)
         except Exception as e:
-            self._backend_failed(e)
+            self._counters_failed(e)
 
     async def _seed(self, name: str, b: Budget, period: str, ttl: int, now: float) -> None:
         """Start a budget period's counter from the ledger, once per process and period."""
@@ -228,7 +228,7 @@ class Limiter:
             if self.meter is not None:
                 _, start, _ = b.window(now)
                 spent = await self.meter.spend(name, start)
-            await self.backend.seed_budget(name, period, spent, ttl)
+            await self.counters.seed_budget(name, period, spent, ttl)
             self._seeded.add(k)
         except Exception as e:
             # Not seeded: the next admission tries again. Log at most every 10 s per key.
@@ -239,7 +239,7 @@ class Limiter:
             del self._seeding[k]
             fut.set_result(None)
 
-    def _backend_failed(self, e: Exception) -> None:
+    def _counters_failed(self, e: Exception) -> None:
         if time.monotonic() >= self._down_until:
             log.warning(
                 "rate limit store failed (%s: %s); admitting without limits for %.0fs",
@@ -250,4 +250,4 @@ class Limiter:
         self._down_until = time.monotonic() + REDIS_BACKOFF_S
 
     async def close(self) -> None:
-        await self.backend.close()
+        await self.counters.close()

@@ -12,9 +12,9 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from gateway.admin import build_admin_app
-from gateway.backends import BackendState
 from gateway.engines.supervisor import Supervisor
+from gateway.routing.backend import BackendState
+from gateway.server.admin import build_admin_app
 
 from .util import FAKE_ENGINE, environ_of, make_state, pid_gone, run, until
 
@@ -337,7 +337,7 @@ def test_external_endpoint_is_probed_unhealthy_then_ready(tmp_path: Path) -> Non
 PARENT = """
 import asyncio, sys
 from gateway import config
-from gateway.auth import KeyRing
+from gateway.keys.auth import KeyRing
 from gateway.state import GatewayState, build_names, build_pools
 from gateway.engines.supervisor import Supervisor
 

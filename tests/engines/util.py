@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway import config as config_mod
-from gateway.auth import KeyRing
+from gateway.keys.auth import KeyRing
 from gateway.state import GatewayState, build_names, build_pools
 
 T = TypeVar("T")

@@ -7,10 +7,11 @@ from typing import Any
 
 import orjson
 
-from gateway.auth import Key
-from gateway.backends import Backend, Pool
 from gateway.config import PoolConfig
 from gateway.context import RequestContext
+from gateway.keys.auth import Key
+from gateway.routing.backend import Backend
+from gateway.routing.pool import Pool
 
 _POOLS: dict[str, Pool] = {}
 

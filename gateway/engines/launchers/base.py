@@ -14,7 +14,7 @@ Rules common to all engines:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ...config import PoolKind, SpawnConfig
@@ -192,8 +192,3 @@ def build_env(req: LaunchRequest, base: Mapping[str, str]) -> dict[str, str]:
             env[name] = ",".join(req.devices)
     env.update(req.spec.env)
     return env
-
-
-def served_flag_values(names: Iterable[str], many: bool) -> list[str]:
-    names = list(names)
-    return names if many else names[:1]

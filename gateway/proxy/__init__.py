@@ -1,0 +1,1 @@
+"""The inference pipeline: plan, forward, relay, and every rewrite of a body or an answer."""

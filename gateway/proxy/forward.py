@@ -1,0 +1,214 @@
+"""Forwarding one request to a backend of its pool and relaying the answer.
+
+Steps: take a backend slot (the pool may queue us) -> send the body -> on a connection
+failure or a 502/503 before anything reached the client, try another backend -> relay
+(a stream event by event as it arrives, or a whole JSON body) -> release the slot in
+`finally`, whatever happened, and feed a completed answer's timing to the balancer. Client disconnects are handled by the caller cancelling
+the task running `forward`; cancellation closes the engine connection, so the engine
+aborts the request and frees its batch slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import aiohttp
+
+from ..context import RequestContext
+from ..errors import GatewayError, sse_error_event
+from ..routing.backend import Backend
+from ..routing.pool import Pool
+from ..server.asgi import RawHeaders, Send
+from . import sse
+from .bodyedit import request_for_backend
+from .headers import request_headers, response_headers
+from .plan import Plan
+
+log = logging.getLogger("gateway.proxy")
+
+_SSE_HEADERS: RawHeaders = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_SSE_HEADER_NAMES = frozenset(k for k, _ in _SSE_HEADERS)
+_RETRY_STATUSES = frozenset({502, 503})
+_CONNECT_ERRORS = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+)
+
+async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContext, plan: Plan, send: Send) -> None:
+    """Forward and relay; raises GatewayError only while nothing has been sent to the client."""
+    tried: set[Backend] = set()
+    last_error: GatewayError | None = None
+    for attempt in range(pool.cfg.retries + 1):
+        backend = await pool.acquire(frozenset(tried))
+        ctx.backend = backend
+        ctx.attempts = attempt + 1
+        try:
+            retry = await _attempt(session, pool, backend, ctx, plan, send)
+        finally:
+            pool.release(backend)
+            if ctx.completed:
+                _observe(backend, ctx)
+        if retry is None:
+            return
+        tried.add(backend)
+        last_error = retry
+        log.info("request %s: backend %s failed (%s); %s", ctx.request_id, backend.id, retry.message,
+                 "retrying" if attempt < pool.cfg.retries else "giving up")
+    assert last_error is not None
+    raise last_error
+
+
+def _observe(backend: Backend, ctx: RequestContext) -> None:
+    """Balancer feedback: a completed answer's timing feeds the backend's speed estimates."""
+    if ctx.upstream_started is None or ctx.first_byte_at is None:
+        return
+    out = ctx.usage.get("completion_tokens", 0) if ctx.usage else 0
+    # A non-stream answer's first byte is its last: it says nothing about time to first token.
+    ttft = ctx.first_byte_at - ctx.upstream_started if ctx.stream else None
+    backend.observe(ttft, time.monotonic() - ctx.upstream_started, int(out or 0))
+
+
+async def _attempt(
+    session: aiohttp.ClientSession, pool: Pool, backend: Backend, ctx: RequestContext, plan: Plan, send: Send
+) -> GatewayError | None:
+    """One try on one backend. Returns an error worth retrying elsewhere, or None when done."""
+    t = pool.cfg.timeouts
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=t.connect, sock_read=t.stream_idle if ctx.stream else t.first_byte
+    )
+    headers = request_headers(plan.client_headers, ctx.request_id, backend.api_key)
+    body = request_for_backend(plan.body, plan.parsed, backend.served_model or plan.served_default)
+    started = time.monotonic()
+    if ctx.upstream_started is None:
+        ctx.upstream_started = started
+    try:
+        async with session.post(backend.url + plan.path, data=body, headers=headers, timeout=timeout) as resp:
+            if resp.status >= 400:
+                body = await resp.read()
+                ctx.upstream_time += time.monotonic() - started
+                if resp.status in _RETRY_STATUSES:
+                    err = _upstream_error(plan, resp.status, body, resp.headers.get("content-type"))
+                    if ctx.attempts <= pool.cfg.retries:
+                        return err
+                    raise err
+                raise _upstream_error(plan, resp.status, body, resp.headers.get("content-type"))
+            is_sse = "text/event-stream" in resp.headers.get("content-type", "")
+            if ctx.stream and is_sse:
+                await _relay_stream(resp, ctx, plan, send, started)
+            else:
+                await _relay_body(resp, ctx, plan, send, started)
+            return None
+    except _CONNECT_ERRORS as e:
+        if ctx.first_byte_at is not None:
+            raise
+        backend.mark_connect_failure(f"{type(e).__name__}: {e}")
+        return GatewayError(502, f"Backend {backend.id} is unreachable: {e}", "upstream_unreachable")
+    except TimeoutError:
+        if ctx.first_byte_at is not None:
+            raise
+        raise GatewayError(
+            504, f"Backend {backend.id} did not answer within {timeout.sock_read:g}s.", "upstream_timeout"
+        ) from None
+
+
+def _upstream_error(plan: Plan, status: int, body: bytes, content_type: str | None) -> GatewayError:
+    if plan.rewrite_error is not None:
+        status, body = plan.rewrite_error(status, body, content_type)
+    return GatewayError(status, f"backend answered {status}", "upstream_error", raw_body=body)
+
+
+async def _relay_body(
+    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, send: Send, started: float
+) -> None:
+    body = await resp.read()
+    ctx.upstream_time += time.monotonic() - started
+    ctx.usage = sse.body_usage(body)
+    if plan.rewrite_body is not None:
+        body = plan.rewrite_body(body)
+    ctx.keep_delivered(body)
+    headers = response_headers(resp.headers)
+    headers.append((b"content-type", resp.headers.get("content-type", "application/json").encode("latin-1")))
+    headers.append((b"content-length", str(len(body)).encode()))
+    headers.append((b"x-request-id", ctx.request_id.encode()))
+    if plan.extra_headers:
+        headers.extend(plan.extra_headers)
+    ctx.status = resp.status
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    ctx.first_byte_at = time.monotonic()
+    await send({"type": "http.response.body", "body": body})
+    ctx.completed = True
+
+
+async def _relay_stream(
+    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, send: Send, started: float
+) -> None:
+    headers = [h for h in response_headers(resp.headers) if h[0] not in _SSE_HEADER_NAMES]
+    headers.extend(_SSE_HEADERS)
+    headers.append((b"x-request-id", ctx.request_id.encode()))
+    if plan.extra_headers:
+        headers.extend(plan.extra_headers)
+    framer = sse.EventFramer()
+    rewrite = plan.rewrite_event
+    keep = ctx.keep_delivered
+
+    async def start() -> None:
+        ctx.status = resp.status
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        ctx.first_byte_at = time.monotonic()
+
+    try:
+        async for chunk in resp.content.iter_any():
+            out: list[bytes] = []
+            for ev in framer.feed(chunk):
+                if sse.is_done(ev):
+                    ctx.completed = True
+                    if plan.before_done is not None:
+                        held = plan.before_done()
+                        if held:
+                            keep(held)
+                            out.append(held)
+                elif ev.startswith(b"data:"):
+                    usage = sse.event_usage(ev)
+                    if usage is not None:
+                        ctx.usage = usage
+                        if plan.strip_usage and sse.is_usage_only(ev):
+                            continue
+                    if rewrite is not None:
+                        new = rewrite(ev)
+                        if new is None:
+                            continue
+                        ev = new
+                    keep(ev)
+                out.append(ev)
+            if not out:
+                continue
+            if ctx.first_byte_at is None:
+                await start()
+            await send({"type": "http.response.body", "body": out[0] if len(out) == 1 else b"".join(out), "more_body": True})
+        if not ctx.completed:
+            partial = " (partial event dropped)" if framer.rest() else ""
+            raise aiohttp.ClientPayloadError("stream ended without [DONE]" + partial)
+    except (aiohttp.ClientError, TimeoutError) as e:
+        # The engine died, stalled past stream_idle, or cut the stream: end it cleanly
+        # with an error event the SDKs understand, never a hang.
+        ctx.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if isinstance(e, TimeoutError):
+            msg = "The backend stopped sending for longer than the stream idle timeout."
+        else:
+            msg = f"The backend failed mid-stream: {ctx.error}"
+        if ctx.first_byte_at is None:
+            await start()
+        await send({"type": "http.response.body", "body": sse_error_event(msg), "more_body": False})
+        ctx.upstream_time += time.monotonic() - started
+        return
+    ctx.upstream_time += time.monotonic() - started
+    if ctx.first_byte_at is None:
+        await start()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+

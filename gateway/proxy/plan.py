@@ -1,0 +1,129 @@
+"""The plan for one request: what to send, and which rewrites its answer gets.
+
+Chosen once per request from its route and pool (`make_plan`), then followed by
+`forward`. Most requests need only the model-name rewrite (a `find` and a slice per
+event) and the reasoning-field aliasing fast path (a `bytes in` test). The rewrites
+themselves live in `bodyedit` (requests), `reasoning`, `embeddings` and
+`engine_errors` (answers); this module only decides which of them apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..context import RequestContext
+from ..routing.pool import Pool
+from ..server.asgi import RawHeaders
+from . import bodyedit, embeddings, reasoning
+from .bodyedit import replace_model
+from .engine_errors import normalize_error
+
+# Rewrites applied to each relayed event / non-stream body (model names, reasoning).
+EventRewrite = Callable[[bytes], bytes | None]
+BodyRewrite = Callable[[bytes], bytes]
+ErrorRewrite = Callable[[int, bytes, str | None], tuple[int, bytes]]
+
+
+@dataclass(eq=False)
+class Plan:
+    """How to forward this request: what to send and how to treat what comes back."""
+
+    path: str  # e.g. "/chat/completions", appended to the backend's base URL
+    body: bytes
+    parsed: dict[str, Any]  # the client's body, parsed (read-only)
+    client_headers: RawHeaders
+    # The model name engines of this pool serve, when a backend has not told us its own.
+    served_default: str
+    strip_usage: bool = False  # we injected include_usage; the client must not see the chunk
+    rewrite_event: EventRewrite | None = None
+    rewrite_body: BodyRewrite | None = None
+    rewrite_error: ErrorRewrite | None = None
+    before_done: Callable[[], bytes] | None = None  # events to flush before `data: [DONE]`
+    extra_headers: RawHeaders | None = None  # e.g. rate-limit headers for the client
+
+
+def make_plan(
+    ctx: RequestContext,
+    pool: Pool,
+    raw: bytes,
+    body: dict[str, Any],
+    upstream_path: str,
+    client_headers: RawHeaders,
+    extra_headers: RawHeaders | None = None,
+) -> Plan:
+    """The plan for this request; may raise a 400 for input the pool cannot serve."""
+    plan = Plan(
+        path=upstream_path, body=raw, parsed=body, client_headers=client_headers,
+        served_default=pool.served_default, extra_headers=extra_headers,
+    )  # fmt: skip
+    if ctx.stream and not ctx.include_usage_requested:
+        # Meter streams exactly: ask the engine for its usage chunk, hide it from the client.
+        plan.body = bodyedit.with_include_usage(raw, body)
+        plan.strip_usage = True
+    name = orjson.dumps(ctx.model_requested)[1:-1]
+    plan.rewrite_error = normalize_error
+    if ctx.endpoint == "chat":
+        _chat(plan, pool, ctx, body, name)
+    elif ctx.endpoint == "embeddings":
+        _embeddings(plan, pool, body, name)
+    else:
+        _renamed(plan, name)
+    return plan
+
+
+def _renamed(plan: Plan, name: bytes) -> None:
+    def rename_event(ev: bytes) -> bytes | None:
+        return replace_model(ev, name)
+
+    def rename_body(data: bytes) -> bytes:
+        return replace_model(data, name)
+
+    plan.rewrite_event = rename_event
+    plan.rewrite_body = rename_body
+
+
+def _chat(plan: Plan, pool: Pool, ctx: RequestContext, body: dict[str, Any], name: bytes) -> None:
+    mode = pool.cfg.reasoning
+    if b'"reasoning' in plan.body and bodyedit.strip_reasoning_from_request(body):
+        # Clients echo earlier answers' reasoning back; engines may reject the field.
+        plan.body = orjson.dumps(body)
+    n = body.get("n")
+    splitter = (
+        reasoning.StreamSplitter(mode, n if isinstance(n, int) and n > 0 else 1)
+        if ctx.stream and mode in reasoning.SPLIT_MODES
+        else None
+    )
+
+    def chat_event(ev: bytes) -> bytes | None:
+        out = reasoning.rewrite_chat_event(ev, splitter, mode)
+        return None if out is None else replace_model(out, name)
+
+    def chat_body(data: bytes) -> bytes:
+        return replace_model(reasoning.rewrite_chat_body(data, mode), name)
+
+    plan.rewrite_event = chat_event
+    plan.rewrite_body = chat_body
+    if splitter is not None:
+
+        def drain() -> bytes:
+            return replace_model(reasoning.drain_chat_events(splitter), name)
+
+        plan.before_done = drain
+
+
+def _embeddings(plan: Plan, pool: Pool, body: dict[str, Any], name: bytes) -> None:
+    embeddings.check_dimensions(body, pool.cfg.supports_dimensions)
+    if not pool.cfg.engine_base64 and bodyedit.request_wants_base64(body):
+        # The engine only speaks floats: ask for floats, encode base64 here.
+        plan.body = bodyedit.force_float_request(plan.body, body)
+
+        def encode_body(data: bytes) -> bytes:
+            return replace_model(embeddings.floats_to_base64(data), name)
+
+        plan.rewrite_body = encode_body
+        return
+    _renamed(plan, name)

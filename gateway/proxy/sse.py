@@ -1,0 +1,103 @@
+"""Server-sent events on the relay path: framing and the usage chunk.
+
+We frame the engine's byte stream into whole events (so a rewrite never sees half an
+event) and otherwise leave every byte alone. Only events that need a decision are
+looked into, with cheap `bytes` searches before any JSON parse.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+_EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
+
+
+class EventFramer:
+    """Splits a byte stream into complete SSE events (each returned with its `\\n\\n`)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r\n" in buf:
+            # Rare (vLLM/SGLang use \n); normalise so one separator rule applies.
+            buf = buf.replace(b"\r\n", b"\n")
+        events: list[bytes] = []
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            events.append(buf[start : end + 2])
+            start = end + 2
+        self._buf = buf[start:] if start < len(buf) else b""
+        return events
+
+    def rest(self) -> bytes:
+        """Whatever trails the last complete event (a stream that ended mid-event)."""
+        rest, self._buf = self._buf, b""
+        return rest
+
+
+def is_done(event: bytes) -> bool:
+    return event.startswith(b"data: [DONE]") or event.startswith(b"data:[DONE]")
+
+
+def event_usage(event: bytes) -> dict[str, Any] | None:
+    """The `usage` object carried by an event, if it carries a non-null one."""
+    # Runs on every relayed event: one rfind (usage sits at the end of a chunk), no generator.
+    i = event.rfind(b'"usage":')
+    if i < 0:
+        return None
+    j = i + 8
+    while j < len(event) and event[j] in b" \t":
+        j += 1
+    if j >= len(event) or event[j] != 0x7B:  # "{": a null usage is the common case
+        return None
+    try:
+        obj = orjson.loads(_data(event))
+    except orjson.JSONDecodeError:
+        return None
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def is_usage_only(event: bytes) -> bool:
+    """The final `choices: []` chunk that exists only to carry usage."""
+    return any(m in event for m in _EMPTY_CHOICES)
+
+
+def _data(event: bytes) -> bytes:
+    payload = event.strip()
+    if payload.startswith(b"data:"):
+        payload = payload[5:]
+    return payload
+
+
+def body_usage(body: bytes) -> dict[str, Any] | None:
+    """`usage` of a non-stream JSON response, parsing only that object (it sits at the end)."""
+    i = body.rfind(b'"usage"')
+    if i < 0:
+        return None
+    j = body.find(b"{", i)
+    if j < 0 or body[i + 7 : j].strip(b": \t\n") != b"":
+        return None
+    depth = 0
+    for k in range(j, len(body)):
+        c = body[k]
+        if c == 0x7B:  # {
+            depth += 1
+        elif c == 0x7D:  # }
+            depth -= 1
+            if depth == 0:
+                try:
+                    usage = orjson.loads(body[j : k + 1])
+                except orjson.JSONDecodeError:
+                    return None
+                return usage if isinstance(usage, dict) else None
+    return None

@@ -1,0 +1,1 @@
+"""Where a request can go: backends, the per-pool admission queue, the balancing policies."""

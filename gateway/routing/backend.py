@@ -1,0 +1,81 @@
+"""A backend: one OpenAI-compatible base URL a request can be sent to.
+
+The gateway may have spawned the engine behind it (engines/supervisor) or it may be an
+external endpoint; both are a `Backend` and both sit in a `routing.pool.Pool`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class BackendState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    RESTARTING = "restarting"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+# After a connection failure an external endpoint sits out this long before it is tried
+# again (spawned engines are brought back by their health checks instead).
+PASSIVE_COOLDOWN_S = 5.0
+
+
+@dataclass(eq=False)
+class Backend:
+    id: str
+    pool: str
+    url: str  # base URL ending in /v1
+    max_concurrency: int
+    api_key: str | None = None
+    source: str = "endpoint"  # "endpoint" | "spawned"
+    state: BackendState = BackendState.READY
+    outstanding: int = 0
+    # Engine-reported queue (from its /metrics), for traffic that did not come through us.
+    engine_running: float = 0.0
+    engine_waiting: float = 0.0
+    # Observed speed, exponentially weighted: seconds per output token and to first token.
+    ewma_tpot: float | None = None
+    ewma_ttft: float | None = None
+    down_until: float = 0.0
+    last_error: str | None = None
+    served_model: str | None = None  # first name the engine serves, when known
+    max_model_len: int | None = None  # context length the engine reports, when known
+    # The engine's batch size (max-num-seqs / max-running-requests), when something told
+    # us: read by the speed-aware policy; None means "unknown", never "unlimited".
+    engine_capacity: int | None = None
+    restarts: int = 0  # times the supervisor restarted the engine behind it
+
+    @property
+    def routable(self) -> bool:
+        return self.state is BackendState.READY and self.down_until <= time.monotonic()
+
+    @property
+    def has_capacity(self) -> bool:
+        return self.outstanding < self.max_concurrency
+
+    def mark_connect_failure(self, reason: str) -> None:
+        """Passive health: connection refused/reset takes the backend out at once."""
+        self.last_error = reason
+        self.down_until = time.monotonic() + PASSIVE_COOLDOWN_S
+
+    def observe(self, ttft: float | None, duration: float, output_tokens: int) -> None:
+        """Feed a finished request's timing into the speed estimates (alpha 0.2).
+
+        `ttft` is None for non-stream requests, whose first byte is also their last.
+        """
+        tpot: float | None = None
+        if ttft is not None:
+            self.ewma_ttft = ttft if self.ewma_ttft is None else 0.8 * self.ewma_ttft + 0.2 * ttft
+            if output_tokens > 1 and duration > ttft:
+                tpot = (duration - ttft) / (output_tokens - 1)
+        elif output_tokens > 0:
+            # Non-stream: only the whole duration is known; prefill is folded into the rate.
+            tpot = duration / output_tokens
+        if tpot is not None:
+            self.ewma_tpot = tpot if self.ewma_tpot is None else 0.8 * self.ewma_tpot + 0.2 * tpot

@@ -1,0 +1,20 @@
+"""Uniform random choice; a baseline for the balancing benchmark."""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..backend import Backend
+
+
+class RandomChoice:
+    name = "random"
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = _random.Random(seed)
+
+    def choose(self, candidates: Sequence[Backend]) -> Backend:
+        return self._rng.choice(list(candidates))

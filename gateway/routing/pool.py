@@ -1,0 +1,155 @@
+"""Pools: the backends serving one model and the per-pool admission queue.
+
+Load accounting is the same for every balancing policy and lives here: `outstanding`
+is incremented when a request is dispatched to a backend and decremented exactly once
+in `Pool.release`, which callers run in `finally` on every path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from ..config import PoolConfig
+from ..errors import GatewayError, service_unavailable
+from .backend import Backend
+from .policies import Balancer, make_balancer
+
+
+class QueueFull(GatewayError):
+    def __init__(self, pool: str) -> None:
+        super().__init__(
+            429,
+            f"Pool `{pool}` is at capacity and its queue is full; retry shortly.",
+            "pool_queue_full",
+            headers={"retry-after": "1"},
+        )
+
+
+class Pool:
+    """The backends serving one model and the FIFO of requests waiting for a slot.
+
+    `acquire` blocks until a backend with spare capacity is available, the queue timeout
+    passes (503 with Retry-After), or the queue is full (429). It never blocks the loop.
+    """
+
+    def __init__(self, name: str, cfg: PoolConfig, balancer: Balancer | None = None) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.backends: list[Backend] = []
+        self.balancer = balancer or make_balancer(cfg.balancer)
+        self._waiters: deque[tuple[asyncio.Future[Backend], frozenset[Backend]]] = deque()
+
+    # --- membership (called by the supervisor / reload) ---
+
+    def add(self, backend: Backend) -> None:
+        self.backends.append(backend)
+        self.wake()
+
+    def remove(self, backend: Backend) -> None:
+        if backend in self.backends:
+            self.backends.remove(backend)
+
+    def get(self, backend_id: str) -> Backend | None:
+        return next((b for b in self.backends if b.id == backend_id), None)
+
+    @property
+    def served_default(self) -> str:
+        """The model name to send a backend that has not told us what it serves."""
+        if self.cfg.upstream_model:
+            return self.cfg.upstream_model
+        if self.cfg.spawn and self.cfg.spawn[0].served_names:
+            return self.cfg.spawn[0].served_names[0]
+        return self.name
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def outstanding(self) -> int:
+        return sum(b.outstanding for b in self.backends)
+
+    # --- admission ---
+
+    def _pick(self, exclude: frozenset[Backend]) -> Backend | None:
+        candidates = [b for b in self.backends if b.routable and b.has_capacity and b not in exclude]
+        if not candidates:
+            return None
+        return self.balancer.choose(candidates)
+
+    async def acquire(self, exclude: frozenset[Backend] = frozenset()) -> Backend:
+        if not self._waiters:
+            b = self._pick(exclude)
+            if b is not None:
+                b.outstanding += 1
+                return b
+        if exclude and not any(b.routable and b not in exclude for b in self.backends):
+            # A retry with nowhere else to go: do not queue behind fresh requests.
+            raise service_unavailable(f"No other backend of pool `{self.name}` is available.")
+        if len(self._waiters) >= self.cfg.queue.max_size:
+            raise QueueFull(self.name)
+        fut: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
+        entry = (fut, exclude)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(self.cfg.queue.timeout):
+                return await fut
+        except (TimeoutError, asyncio.CancelledError) as e:
+            if fut.done() and not fut.cancelled():
+                self.release(fut.result())  # granted in the same instant we gave up
+            else:
+                fut.cancel()
+            try:
+                self._waiters.remove(entry)
+            except ValueError:
+                pass
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            ready = any(b.routable for b in self.backends)
+            msg = (
+                f"Pool `{self.name}`: every backend stayed busy for {self.cfg.queue.timeout:g}s."
+                if ready
+                else f"Pool `{self.name}` has no ready backend (engines may still be starting)."
+            )
+            raise service_unavailable(msg, retry_after=5 if not ready else 1) from None
+
+    def release(self, backend: Backend) -> None:
+        backend.outstanding -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        """Hand freed capacity to waiters in FIFO order."""
+        while self._waiters:
+            fut, exclude = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            b = self._pick(exclude)
+            if b is None:
+                return
+            self._waiters.popleft()
+            b.outstanding += 1
+            fut.set_result(b)
+
+
+def endpoint_backends(name: str, cfg: PoolConfig) -> list[Backend]:
+    return [
+        Backend(id=f"{name}@{url}", pool=name, url=url, max_concurrency=cfg.max_concurrency, api_key=cfg.api_key)
+        for url in cfg.endpoints
+    ]
+
+
+# How often queued requests re-check for a backend whose passive cool-off has ended.
+WAKE_INTERVAL_S = 0.5
+
+
+async def wake_pools(pools: dict[str, Pool]) -> None:
+    """Backends that sat out a passive cool-off become routable by time passing alone;
+    nudge the pools so queued requests notice without waiting for another release.
+    Runs until cancelled (the app's lifespan owns the task)."""
+    while True:
+        await asyncio.sleep(WAKE_INTERVAL_S)
+        for pool in pools.values():  # the live dict: reload adds and removes pools
+            if pool.queued:
+                pool.wake()

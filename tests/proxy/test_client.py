@@ -1,0 +1,115 @@
+"""The engine-facing HTTP client against a real simulated engine, and the aiohttp fallback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import aiohttp
+import httpx
+import openai
+import orjson
+import pytest
+
+from gateway.proxy import client as httpclient
+from gateway.proxy.client import RawSession
+from gateway.sim.testing import SimProcess, free_port
+from tests.gw import CLIENT_KEY, GatewayServer, auth_yaml, wait_until
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimProcess]:
+    with SimProcess(["--served-model-name", "m", "--ttft-ms", "1", "--itl-ms", "5"]) as s:
+        yield s
+
+
+def test_keep_alive_reuse_stream_and_non_stream(sim: SimProcess) -> None:
+    async def run() -> None:
+        s = RawSession()
+        url = sim.base_url + "/chat/completions"
+        for _ in range(3):
+            async with s.post(url, data=orjson.dumps(BODY), headers={"content-type": "application/json"}) as r:
+                assert r.status == 200 and r.headers.get("Content-Type").startswith("application/json")
+                assert (await r.json())["usage"]["completion_tokens"] == 8
+        assert len(s._all) == 1  # one connection, reused
+        chunks = []
+        async with s.post(url, data=orjson.dumps({**BODY, "stream": True})) as r:
+            async for c in r.content.iter_any():
+                chunks.append(c)
+        assert len(chunks) > 3 and b"".join(chunks).endswith(b"data: [DONE]\n\n")
+        async with s.get(sim.base_url + "/models", timeout=aiohttp.ClientTimeout(total=5)) as r:
+            assert (await r.json())["data"][0]["id"] == "m"
+        assert len(s._all) == 1
+        await s.close()
+
+    asyncio.run(run())
+
+
+def test_connection_idle_too_long_is_not_reused(sim: SimProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(httpclient, "_MAX_IDLE_S", 0.0)
+
+    async def run() -> None:
+        s = RawSession()
+        url = sim.base_url + "/models"
+        async with s.get(url) as r:
+            await r.read()
+        first = next(iter(s._all))
+        await asyncio.sleep(0.01)
+        async with s.get(url) as r:
+            await r.read()
+        assert first.closed and first not in s._all
+        await s.close()
+
+    asyncio.run(run())
+
+
+def test_errors_use_aiohttp_classes() -> None:
+    async def run() -> None:
+        s = RawSession()
+        with pytest.raises(aiohttp.ClientOSError):
+            async with s.get(f"http://127.0.0.1:{free_port()}/v1/models") as r:
+                await r.read()
+        await s.close()
+
+    asyncio.run(run())
+
+
+def test_idle_read_timeout_and_abandoned_response_closes(sim: SimProcess) -> None:
+    async def run() -> None:
+        s = RawSession()
+        url = sim.base_url + "/chat/completions"
+        t = aiohttp.ClientTimeout(total=None, sock_read=0.2)
+        with pytest.raises(TimeoutError):
+            async with s.post(url, data=orjson.dumps(BODY), headers={"x-sim-ttft-ms": "2000"}, timeout=t) as r:
+                await r.read()
+        # Leaving a stream early closes its connection, which makes the engine abort.
+        async with s.post(url, data=orjson.dumps({**BODY, "stream": True, "max_tokens": 500})) as r:
+            await r.content.iter_any().__anext__()
+        await asyncio.sleep(0.05)  # the transport reports the close on a later loop turn
+        assert not s._all
+        await s.close()
+
+    asyncio.run(run())
+    assert wait_until(lambda: sim.metrics().get("vllm:num_requests_running", 1) == 0, 2)
+
+
+def test_gateway_with_the_aiohttp_fallback(sim: SimProcess) -> None:
+    cfg = auth_yaml() + f"""
+store: "memory://"
+server: {{upstream_client: aiohttp}}
+pools:
+  m: {{endpoints: [{sim.base_url}], aliases: [a]}}
+"""
+    with GatewayServer(cfg) as gw, openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as c:
+        r = c.chat.completions.create(model="a", messages=[{"role": "user", "content": "x"}], max_tokens=4)
+        assert r.model == "a" and r.usage is not None and r.usage.completion_tokens == 4
+        chunks = list(c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
+                                                max_tokens=4, stream=True))
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        with httpx.stream("POST", gw.base_url + "/chat/completions", headers={"authorization": f"Bearer {CLIENT_KEY}"},
+                          json={**BODY, "max_tokens": 500, "stream": True}) as resp:
+            next(resp.iter_lines())
+        assert wait_until(lambda: sim.metrics().get("vllm:num_requests_running", 1) == 0, 2)
+        assert wait_until(lambda: gw.state.pools["m"].outstanding == 0, 1)
