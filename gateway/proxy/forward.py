@@ -19,7 +19,7 @@ from ..context import RequestContext
 from ..errors import GatewayError, sse_error_event
 from ..routing.backend import Backend
 from ..routing.pool import Pool
-from ..server.asgi import RawHeaders, Send
+from ..server.exchange import Exchange, RawHeaders
 from . import sse
 from .bodyedit import request_for_backend
 from .headers import request_headers, response_headers
@@ -40,7 +40,7 @@ _CONNECT_ERRORS = (
     aiohttp.ClientOSError,
 )
 
-async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContext, plan: Plan, send: Send) -> None:
+async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContext, plan: Plan, out: Exchange) -> None:
     """Forward and relay; raises GatewayError only while nothing has been sent to the client."""
     tried: set[Backend] = set()
     last_error: GatewayError | None = None
@@ -49,7 +49,7 @@ async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContex
         ctx.backend = backend
         ctx.attempts = attempt + 1
         try:
-            retry = await _attempt(session, pool, backend, ctx, plan, send)
+            retry = await _attempt(session, pool, backend, ctx, plan, out)
         finally:
             pool.release(backend)
             if ctx.completed:
@@ -75,7 +75,7 @@ def _observe(backend: Backend, ctx: RequestContext) -> None:
 
 
 async def _attempt(
-    session: aiohttp.ClientSession, pool: Pool, backend: Backend, ctx: RequestContext, plan: Plan, send: Send
+    session: aiohttp.ClientSession, pool: Pool, backend: Backend, ctx: RequestContext, plan: Plan, out: Exchange
 ) -> GatewayError | None:
     """One try on one backend. Returns an error worth retrying elsewhere, or None when done."""
     t = pool.cfg.timeouts
@@ -100,9 +100,9 @@ async def _attempt(
                 raise _upstream_error(plan, resp.status, body, resp.headers.get("content-type"))
             is_sse = "text/event-stream" in resp.headers.get("content-type", "")
             if ctx.stream and is_sse:
-                await _relay_stream(resp, ctx, plan, send, started)
+                await _relay_stream(resp, ctx, plan, out, started)
             else:
-                await _relay_body(resp, ctx, plan, send, started)
+                await _relay_body(resp, ctx, plan, out, started)
             return None
     except _CONNECT_ERRORS as e:
         if ctx.first_byte_at is not None:
@@ -124,7 +124,7 @@ def _upstream_error(plan: Plan, status: int, body: bytes, content_type: str | No
 
 
 async def _relay_body(
-    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, send: Send, started: float
+    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, out: Exchange, started: float
 ) -> None:
     body = await resp.read()
     ctx.upstream_time += time.monotonic() - started
@@ -134,19 +134,17 @@ async def _relay_body(
     ctx.keep_delivered(body)
     headers = response_headers(resp.headers)
     headers.append((b"content-type", resp.headers.get("content-type", "application/json").encode("latin-1")))
-    headers.append((b"content-length", str(len(body)).encode()))
     headers.append((b"x-request-id", ctx.request_id.encode()))
     if plan.extra_headers:
         headers.extend(plan.extra_headers)
     ctx.status = resp.status
-    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     ctx.first_byte_at = time.monotonic()
-    await send({"type": "http.response.body", "body": body})
+    await out.respond(resp.status, headers, body)
     ctx.completed = True
 
 
 async def _relay_stream(
-    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, send: Send, started: float
+    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, out: Exchange, started: float
 ) -> None:
     headers = [h for h in response_headers(resp.headers) if h[0] not in _SSE_HEADER_NAMES]
     headers.extend(_SSE_HEADERS)
@@ -159,12 +157,12 @@ async def _relay_stream(
 
     async def start() -> None:
         ctx.status = resp.status
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await out.start(resp.status, headers)
         ctx.first_byte_at = time.monotonic()
 
     try:
         async for chunk in resp.content.iter_any():
-            out: list[bytes] = []
+            events: list[bytes] = []
             for ev in framer.feed(chunk):
                 if sse.is_done(ev):
                     ctx.completed = True
@@ -172,7 +170,7 @@ async def _relay_stream(
                         held = plan.before_done()
                         if held:
                             keep(held)
-                            out.append(held)
+                            events.append(held)
                 elif ev.startswith(b"data:"):
                     usage = sse.event_usage(ev)
                     if usage is not None:
@@ -185,12 +183,12 @@ async def _relay_stream(
                             continue
                         ev = new
                     keep(ev)
-                out.append(ev)
-            if not out:
+                events.append(ev)
+            if not events:
                 continue
             if ctx.first_byte_at is None:
                 await start()
-            await send({"type": "http.response.body", "body": out[0] if len(out) == 1 else b"".join(out), "more_body": True})
+            await out.write(events[0] if len(events) == 1 else b"".join(events))
         if not ctx.completed:
             partial = " (partial event dropped)" if framer.rest() else ""
             raise aiohttp.ClientPayloadError("stream ended without [DONE]" + partial)
@@ -204,11 +202,11 @@ async def _relay_stream(
             msg = f"The backend failed mid-stream: {ctx.error}"
         if ctx.first_byte_at is None:
             await start()
-        await send({"type": "http.response.body", "body": sse_error_event(msg), "more_body": False})
+        await out.end(sse_error_event(msg))
         ctx.upstream_time += time.monotonic() - started
         return
     ctx.upstream_time += time.monotonic() - started
     if ctx.first_byte_at is None:
         await start()
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await out.end()
 

@@ -4,34 +4,29 @@
 
 Each step is a named function; each failure is a GatewayError that `handle` turns into
 an error response (in the route's dialect) while nothing has been sent yet. A client
-that disconnects cancels `forward` (`server.asgi.run_until_disconnect`). `finish` runs on
-every path and hands the request's record to metering, metrics and the rate limiter.
+that disconnects cancels `forward` (`Exchange.run`); so does a shutdown whose drain
+period is over, and then a started stream still ends with an error event and
+`data: [DONE]`. `finish` runs on every path and hands the request's record to metering,
+metrics and the rate limiter.
+
+The pipeline sees the request through `server.exchange.Exchange` only, so it runs
+under our own HTTP protocol and under ASGI alike.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
 import orjson
 
 from ..context import RequestContext
-from ..errors import GatewayError, invalid_api_key, invalid_request, model_not_found
+from ..errors import GatewayError, invalid_api_key, invalid_request, model_not_found, sse_error_event
 from ..keys.auth import Key, bearer
 from ..routing.pool import Pool
-from ..server.asgi import (
-    ClientDisconnected,
-    Receive,
-    Scope,
-    Send,
-    encode_headers,
-    header,
-    read_body,
-    run_until_disconnect,
-    send_response,
-)
+from ..server.asgi import encode_headers
+from ..server.exchange import ClientDisconnected, Exchange
 from ..server.routes import ERROR_BODIES, Route, paths_for
 from ..state import GatewayState
 from .forward import forward
@@ -40,39 +35,39 @@ from .plan import make_plan
 log = logging.getLogger("gateway.inference")
 
 
-def new_request_id() -> str:
-    return "req-" + os.urandom(12).hex()
-
-
-async def handle(state: GatewayState, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
-    ctx = RequestContext(request_id=header(scope, b"x-request-id") or new_request_id(), endpoint=route.endpoint)
+async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
+    ctx = RequestContext(request_id=ex.header(b"x-request-id") or state.request_ids.new(), endpoint=route.endpoint)
     # Rate-limit headers, known once the key is admitted; sent on the answer or the error.
     limit_headers: dict[str, str] = {}
     try:
         if state.draining:
             raise GatewayError(503, "The gateway is shutting down.", "shutting_down", headers={"retry-after": "1"})
-        ctx.key = authenticate(state, scope)
-        raw = await read_body(scope, receive, state.config.server.max_body_bytes)
+        ctx.key = authenticate(state, ex)
+        raw = await ex.body(state.config.server.max_body_bytes)
         body = parse_body(raw)
         pool = resolve(state, ctx.key, body, route)
-        describe(ctx, scope, pool, body, route)
+        describe(ctx, ex, pool, body, route)
         if state.limiter is not None:
             ctx.admission = await state.limiter.admit(ctx.key, ctx)
             limit_headers = state.limiter.headers(ctx.admission)
         plan = make_plan(
-            ctx, pool, raw, body, route.upstream_path, scope["headers"], encode_headers(limit_headers) or None
+            ctx, pool, raw, body, route.upstream_path, ex.headers, encode_headers(limit_headers) or None
         )
         assert state.http is not None
-        if await run_until_disconnect(forward(state.http, pool, ctx, plan, send), receive):
+        stopped = await ex.run(forward(state.http, pool, ctx, plan, ex))
+        if stopped == "disconnected":
             ctx.error = "client disconnected"
             if ctx.status == 0:
                 ctx.status = 499
+        elif stopped == "shutdown":
+            await _end_for_shutdown(ctx, ex)
     except GatewayError as e:
         ctx.error = ctx.error or e.message
         if ctx.status == 0:
             ctx.status = e.status
             headers = {**e.headers, **limit_headers, "x-request-id": ctx.request_id}
-            await send_response(send, e.status, ERROR_BODIES[route.errors](e), encode_headers(headers))
+            headers["content-type"] = "application/json"
+            await ex.respond(e.status, encode_headers(headers), ERROR_BODIES[route.errors](e))
     except ClientDisconnected:
         ctx.error = "client disconnected before sending the whole request"
         ctx.status = 499
@@ -81,12 +76,28 @@ async def handle(state: GatewayState, route: Route, scope: Scope, receive: Recei
         await finish(state, ctx)
 
 
-def authenticate(state: GatewayState, scope: Scope) -> Key:
-    key = state.keyring.lookup(bearer(header(scope, b"authorization")))
+async def _end_for_shutdown(ctx: RequestContext, ex: Exchange) -> None:
+    """The drain period is over and this request is still running: end it properly.
+
+    A stream that started gets an error event and `data: [DONE]` (SDKs raise a clear
+    error instead of a truncated body); one that had not started gets a 503.
+    """
+    ctx.error = "cut short: the gateway is shutting down"
+    msg = "The gateway is shutting down; this response was cut short."
+    if ctx.first_byte_at is not None:
+        if ctx.stream:
+            await ex.end(sse_error_event(msg, code="shutting_down"))
+        return  # a whole body was already handed to the transport
+    raise GatewayError(503, msg, "shutting_down", headers={"retry-after": "1"})
+
+
+def authenticate(state: GatewayState, ex: Exchange) -> Key:
+    auth = ex.header(b"authorization")
+    key = state.keyring.lookup(bearer(auth))
     if key is None:
         raise invalid_api_key(
             "Missing API key: send `Authorization: Bearer <key>`."
-            if header(scope, b"authorization") is None
+            if auth is None
             else "Invalid API key provided."
         )
     return key
@@ -126,7 +137,7 @@ def resolve(state: GatewayState, key: Key, body: dict[str, Any], route: Route) -
     return pool
 
 
-def describe(ctx: RequestContext, scope: Scope, pool: Pool, body: dict[str, Any], route: Route) -> None:
+def describe(ctx: RequestContext, ex: Exchange, pool: Pool, body: dict[str, Any], route: Route) -> None:
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise invalid_request("`stream` must be a boolean.", param="stream", code="invalid_type")
@@ -137,7 +148,7 @@ def describe(ctx: RequestContext, scope: Scope, pool: Pool, body: dict[str, Any]
     opts = body.get("stream_options")
     ctx.include_usage_requested = isinstance(opts, dict) and opts.get("include_usage") is True
     user = body.get("user")
-    ctx.user = user if isinstance(user, str) and user else header(scope, b"x-openwebui-user-id")
+    ctx.user = user if isinstance(user, str) and user else ex.header(b"x-openwebui-user-id")
 
 
 async def finish(state: GatewayState, ctx: RequestContext) -> None:
