@@ -22,8 +22,10 @@ runs, a complete pipelined request waits (and reading pauses, as uvicorn does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import struct
 import time
 from collections import deque
 from email.utils import formatdate
@@ -372,7 +374,13 @@ class HttpConnection(asyncio.Protocol):
         self._write_timer = None
         if self.write_paused and not self.closed and self.transport is not None:
             log.info("closing a connection whose client has not read for %.0f s", self.cfg.write_timeout)
-            self.transport.abort()  # close() would wait for the unread bytes forever
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                # Reset, not FIN: a closed socket with unsent bytes would otherwise linger in
+                # the kernel (holding its buffer) for as long as the client keeps its window shut.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
