@@ -161,7 +161,8 @@ async def _relay_stream(
         ctx.first_byte_at = time.monotonic()
 
     try:
-        async for chunk in resp.content.iter_any():
+        readany = resp.content.readany  # ours and aiohttp's: b"" at the end of the body
+        while chunk := await readany():
             events: list[bytes] = []
             for ev in framer.feed(chunk):
                 if sse.is_done(ev):

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from ..errors import GatewayError, error_body
+from ..proxy import pipeline
 from .exchange import ClientDisconnected, Interruption, RawHeaders
 from .routes import ROUTES
 
@@ -322,7 +323,7 @@ class HttpConnection(asyncio.Protocol):
         self.current = ex
         route = ROUTES.get(ex.path)
         if route is not None and ex.method == route.method:
-            coro = self.server.handle_inference(route, ex)
+            coro = pipeline.handle(self.server.state, route, ex)
         else:
             coro = self.server.handle_other(ex)
         ex.task = self.loop.create_task(coro)

@@ -18,12 +18,10 @@ import time
 
 from ..config import ServerConfig
 from ..errors import GatewayError
-from ..proxy import pipeline
 from ..state import GatewayState
 from .app import GatewayApp
 from .bridge import call_asgi
 from .http import HttpConnection, HttpExchange, _Date
-from .routes import Route
 
 log = logging.getLogger("gateway")
 
@@ -53,9 +51,6 @@ class HttpServer:
         return self.state.config.server  # read per connection, so a reload applies to new ones
 
     # --- requests (called by HttpConnection) ------------------------------------------
-
-    async def handle_inference(self, route: Route, ex: HttpExchange) -> None:
-        await pipeline.handle(self.state, route, ex)
 
     async def handle_other(self, ex: HttpExchange) -> None:
         try:
