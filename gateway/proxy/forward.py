@@ -10,6 +10,7 @@ aborts the request and frees its batch slot.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -64,6 +65,13 @@ async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContex
     raise last_error
 
 
+@functools.lru_cache(maxsize=256)
+def _client_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    # A pool's timeouts are fixed at config load; building the (attrs, validated) object
+    # per request was measurable on the hot path. Immutable, so one is shared.
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+
+
 def _observe(backend: Backend, ctx: RequestContext) -> None:
     """Balancer feedback: a completed answer's timing feeds the backend's speed estimates."""
     if ctx.upstream_started is None or ctx.first_byte_at is None:
@@ -79,9 +87,7 @@ async def _attempt(
 ) -> GatewayError | None:
     """One try on one backend. Returns an error worth retrying elsewhere, or None when done."""
     t = pool.cfg.timeouts
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=t.connect, sock_read=t.stream_idle if ctx.stream else t.first_byte
-    )
+    timeout = _client_timeout(t.connect, t.stream_idle if ctx.stream else t.first_byte)
     headers = request_headers(plan.client_headers, ctx.request_id, backend.api_key)
     body = request_for_backend(plan.body, plan.parsed, backend.served_model or plan.served_default)
     started = time.monotonic()
