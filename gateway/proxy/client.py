@@ -147,7 +147,8 @@ class _Conn(asyncio.Protocol):
         return chunk
 
     def reset(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
+        # The parser itself carries on: llhttp parses one keep-alive response after
+        # another. Only a connection whose response was read to its end comes back here.
         self.status, self.headers, self.complete, self.error = 0, {}, False, None
         self._chunks.clear()
         self._buffered = 0
