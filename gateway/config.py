@@ -37,7 +37,7 @@ class ServerConfig(_Model):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     # Grace period for in-flight requests on shutdown and for draining removed backends.
     drain_seconds: float = Field(30.0, ge=0)
-    access_log: bool = False
+    access_log: bool = False  # one `gateway.access` log line per request
     # HTTP client to engines: our own keep-alive client (measured cheaper on the hot path)
     # or aiohttp's, kept as a fallback.
     upstream_client: Literal["raw", "aiohttp"] = "raw"

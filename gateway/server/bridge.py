@@ -69,6 +69,7 @@ async def call_asgi(app: Any, ex: HttpExchange, max_body: int) -> None:
                 return await ex.respond(status, headers, data)
             if has_length:  # a sized body in several pieces: write it as it comes
                 ex.responded = True
+                ex.status = status
                 conn.write(b"".join(ex._head(status, headers, b"")))
             else:
                 await ex.start(status, headers)

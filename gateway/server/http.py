@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .serve import HttpServer
 
 log = logging.getLogger("gateway.http")
+access = logging.getLogger("gateway.access")  # one line per request when `server.access_log`
 
 # Status lines, built once.
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
@@ -75,7 +76,7 @@ class HttpExchange:
     """One request on one connection; implements `server.exchange.Exchange`."""
 
     __slots__ = ("conn", "method", "path", "query", "headers", "keep_alive", "_body", "_size", "complete",
-                 "responded", "streaming", "interrupted", "in_run", "task")
+                 "responded", "streaming", "interrupted", "in_run", "task", "status", "started")
 
     def __init__(self, conn: HttpConnection, method: str, url: bytes, headers: RawHeaders, keep_alive: bool) -> None:
         self.conn = conn
@@ -93,6 +94,8 @@ class HttpExchange:
         self.interrupted: Interruption | None = None
         self.in_run = False
         self.task: asyncio.Task[None] | None = None
+        self.status = 0  # what the response's status line said (for the access log)
+        self.started = 0.0
 
     # --- request ----------------------------------------------------------------------
 
@@ -132,6 +135,7 @@ class HttpExchange:
         if self.responded:
             return
         self.responded = True
+        self.status = status
         out = self._head(status, headers, b"content-length: %d\r\n" % len(body))
         if self.method != "HEAD":
             out.append(body)
@@ -141,6 +145,7 @@ class HttpExchange:
         if self.responded:
             return
         self.responded = self.streaming = True
+        self.status = status
         self.conn.write(b"".join(self._head(status, headers, _CHUNKED)))
 
     async def write(self, data: bytes) -> None:
@@ -326,6 +331,8 @@ class HttpConnection(asyncio.Protocol):
             coro = pipeline.handle(self.server.state, route, ex)
         else:
             coro = self.server.handle_other(ex)
+        if self.cfg.access_log:
+            ex.started = self.loop.time()
         ex.task = self.loop.create_task(coro)
         ex.task.add_done_callback(self._finished)
         self.server.request_started()
@@ -334,6 +341,9 @@ class HttpConnection(asyncio.Protocol):
         self.server.request_finished()
         ex = self.current
         self.current = None
+        if ex is not None and self.cfg.access_log:
+            access.info('%s "%s %s" %d %.1fms', self._peer(), ex.method, ex.path, ex.status,
+                        (self.loop.time() - ex.started) * 1e3)
         if ex is None or self.closed:
             return
         if not task.cancelled() and task.exception() is not None:
@@ -386,6 +396,10 @@ class HttpConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return f"{peer[0]}:{peer[1]}" if peer else "-"
 
     def close_if_idle(self) -> bool:
         """Close a connection with no request in progress (shutdown); True if it was idle."""

@@ -175,3 +175,17 @@ def test_expect_100_continue_is_honoured(gw: GatewayServer) -> None:
         s.sendall(payload)
         got, _ = _read_until_closed(s)
     assert got.startswith(b"HTTP/1.1 200 ") and b"chat.completion" in got
+
+
+def test_the_access_log_has_one_line_per_request_when_on(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = auth_yaml() + """
+server: {access_log: true}
+store: "memory://"
+pools:
+  m: {endpoints: ["http://127.0.0.1:9/v1"]}
+"""
+    with GatewayServer(cfg) as g, caplog.at_level("INFO", logger="gateway.access"):
+        with _connect(g) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            _read_until_closed(s)
+        assert any('"GET /health" 200' in r.getMessage() for r in caplog.records if r.name == "gateway.access")
