@@ -7,13 +7,12 @@ from typing import Any
 import pytest
 
 from gateway.config import GatewayConfig
-from gateway.context import RequestContext
+from gateway.context import RequestContext, RequestIds
 from gateway.errors import GatewayError
 from gateway.keys.auth import Key
-from gateway.context import RequestIds
 from gateway.proxy.pipeline import describe, parse_body, resolve
-from gateway.server.asgi import AsgiExchange
 from gateway.server.app import create_state
+from gateway.server.asgi import AsgiExchange
 from gateway.server.routes import ROUTES
 from gateway.state import GatewayState
 
