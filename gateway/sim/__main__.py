@@ -11,12 +11,20 @@ import sys
 from gateway import tokens
 from gateway.sim.app import SimApp
 from gateway.sim.config import SimConfig, config_from_args
+from gateway.sim.devices import DeviceOutOfMemory
 from gateway.sim.http import serve
 
 
 async def _serve(cfg: SimConfig) -> None:
     loop = asyncio.get_running_loop()
     app = SimApp(cfg)
+    try:
+        # vLLM checks free device memory before loading; the ledger file I/O is tiny but may wait
+        # on another sim's lock, so it runs off the loop.
+        await asyncio.to_thread(app.st.engine.claim_at_start)
+    except DeviceOutOfMemory as exc:
+        print(f"gateway.sim: ValueError: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     app.st.ready_at = loop.time() + cfg.startup_seconds
     server = await serve(app.handle, cfg.host, cfg.port)
     port = server.sockets[0].getsockname()[1]
@@ -32,6 +40,14 @@ async def _serve(cfg: SimConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(argv)
+    kv_tokens = cfg.kv.num_gpu_blocks * cfg.kv.block_size
+    if cfg.max_model_len > kv_tokens:
+        # vLLM refuses to start when one max-length request could not fit in the KV cache.
+        print(f"gateway.sim: ValueError: The model's max seq len ({cfg.max_model_len}) is larger than the maximum "
+              f"number of tokens that can be stored in KV cache ({kv_tokens}). Try increasing "
+              "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.",
+              file=sys.stderr, flush=True)
+        return 1
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokens.encoding()  # load the BPE table now rather than on the first request

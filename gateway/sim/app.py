@@ -18,6 +18,7 @@ import orjson
 
 from gateway.sim import textgen
 from gateway.sim.config import SimConfig
+from gateway.sim.dev_routes import dev_routes
 from gateway.sim.errors import ApiError, bad_request, error_body
 from gateway.sim.generate import Generation
 from gateway.sim.http import Connection, Request
@@ -25,6 +26,7 @@ from gateway.sim.protocol import parse_chat, parse_completion, parse_embedding
 from gateway.sim.state import SimState
 
 Endpoint = Callable[[Request, Connection], Awaitable[None]]
+_DEV_PATHS = frozenset(("/sleep", "/wake_up", "/is_sleeping", "/reset_prefix_cache"))
 
 
 class SimApp:
@@ -43,6 +45,8 @@ class SimApp:
             "/sim/faults": {"GET": self.get_faults, "POST": self.set_faults},
             "/sim/state": {"GET": self.state},
         }
+        if cfg.sleep.dev_mode:
+            self.routes.update(dev_routes(self.st))
 
     async def handle(self, req: Request, conn: Connection) -> None:
         methods = self.routes.get(req.path)
@@ -53,6 +57,9 @@ class SimApp:
         if endpoint is None:
             conn.send(405, b'{"detail":"Method Not Allowed"}',
                       headers=[(b"allow", ", ".join(methods).encode())])
+            return
+        if req.path in _DEV_PATHS and not self.st.is_ready():  # vLLM's server is not up yet; no auth on them
+            conn.send(503, error_body(503, "The model is still loading; retry later."))
             return
         if req.path.startswith("/v1/"):
             gate = self._gate(req)
@@ -113,7 +120,10 @@ class SimApp:
             "requests_succeeded": c.requests_succeeded, "requests_aborted": c.requests_aborted,
             "requests_failed": c.requests_failed, "prompt_tokens": st.metrics.prompt_tokens,
             "generation_tokens": st.metrics.generation_tokens, "faults": self.cfg.faults.to_json(),
+            "kv_cache": st.kv.snapshot(), "sleep": st.engine.snapshot(),
         }
+        if st.engine.ledger is not None:
+            body["devices"] = await asyncio.to_thread(st.engine.ledger.snapshot)
         conn.send(200, orjson.dumps(body))
 
     # ---- inference --------------------------------------------------------------------

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from gateway.sim.prefix_cache import DEFAULT_NUM_BLOCKS, KvConfig
+from gateway.sim.sleep import SleepConfig
 
 REASONING_MODES = ("none", "field", "think-tags", "r1")
 REASONING_FIELDS = ("reasoning", "reasoning_content", "both")
@@ -71,6 +75,8 @@ class SimConfig:
     api_key: str | None = None
     output_tokens: int = 64
     faults: Faults = field(default_factory=Faults)
+    kv: KvConfig = field(default_factory=KvConfig)
+    sleep: SleepConfig = field(default_factory=SleepConfig)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -144,6 +150,32 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--tool-call-mode", choices=TOOL_CALL_MODES, default="text",
                    help="always: requests with tools get a tool call of the first (or chosen) tool")
 
+    k = p.add_argument_group("KV cache and prefix caching (vLLM flag names)")
+    k.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV block")
+    k.add_argument("--num-gpu-blocks-override", type=_positive_int, default=DEFAULT_NUM_BLOCKS,
+                   help="KV cache capacity in blocks; cached blocks beyond it are evicted LRU")
+    k.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the KV blocks of shared prompt prefixes")
+    k.add_argument("--enable-prompt-tokens-details", action="store_true",
+                   help="report usage.prompt_tokens_details.cached_tokens (when non-zero)")
+
+    s = p.add_argument_group("sleep mode and device memory (endpoints need env VLLM_SERVER_DEV_MODE=1)")
+    s.add_argument("--enable-sleep-mode", action="store_true", help="allow POST /sleep and /wake_up")
+    s.add_argument("--sleep-seconds", type=_non_negative(float), default=None,
+                   help="time to fall asleep; default: the level-1 wake time")
+    s.add_argument("--wake-seconds", type=_non_negative(float), default=None,
+                   help="time to wake from level 1; default: 10%% of --startup-seconds")
+    s.add_argument("--wake-seconds-level2", type=_non_negative(float), default=None,
+                   help="time to wake from level 2 (weights reloaded); default: 50%% of --startup-seconds")
+    s.add_argument("--device-dir", default=None,
+                   help="directory of the per-device memory ledger shared by the sims of this machine "
+                   "(default: env SIM_DEVICE_DIR; unset = no device accounting)")
+    s.add_argument("--device-memory-gb", type=_non_negative(float), default=80.0, help="memory of each device")
+    s.add_argument("--model-memory-gb", type=_non_negative(float), default=16.0,
+                   help="model weights, split over the devices in CUDA_VISIBLE_DEVICES")
+    s.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="share of each device the engine claims (weights + KV cache), as in vLLM")
+
     f = p.add_argument_group("faults (also settable at runtime via POST /sim/faults)")
     f.add_argument("--fault-error-rate", type=float, default=0.0, help="fraction of inference requests that fail")
     f.add_argument("--fault-error-status", type=int, default=500, help="HTTP status of injected failures")
@@ -159,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> SimConfig:
     parser = build_parser()
     a = parser.parse_args(argv)
+    if not 0.0 < a.gpu_memory_utilization <= 1.0:
+        parser.error("--gpu-memory-utilization must be in (0, 1]")
     faults = Faults()
     try:
         faults.update({
@@ -192,4 +226,13 @@ def config_from_args(argv: list[str] | None = None) -> SimConfig:
         api_key=a.api_key,
         output_tokens=a.output_tokens,
         faults=faults,
+        kv=KvConfig(block_size=a.block_size, num_gpu_blocks=a.num_gpu_blocks_override,
+                    enable_prefix_caching=a.enable_prefix_caching,
+                    enable_prompt_tokens_details=a.enable_prompt_tokens_details),
+        sleep=SleepConfig(enabled=a.enable_sleep_mode, dev_mode=os.environ.get("VLLM_SERVER_DEV_MODE") == "1",
+                          startup_seconds=a.startup_seconds, sleep_seconds=a.sleep_seconds,
+                          wake_seconds=a.wake_seconds, wake_seconds_level2=a.wake_seconds_level2,
+                          device_dir=a.device_dir or os.environ.get("SIM_DEVICE_DIR") or None,
+                          device_memory_gb=a.device_memory_gb, model_memory_gb=a.model_memory_gb,
+                          gpu_memory_utilization=a.gpu_memory_utilization),
     )

@@ -1,14 +1,19 @@
 """Chat and legacy completions: plan the output, hold a batch slot for the simulated time,
 and answer in vLLM's JSON or SSE shapes.
 
-Timing: TTFT = queue wait + ttft + prefill_ms_per_token * prompt_tokens; then one
-step per ITL (times the batch slowdown, with jitter). Deadlines are absolute, so
-timer lateness does not accumulate over long streams.
+Timing: TTFT = queue wait + ttft + prefill_ms_per_token * uncached prompt tokens (the
+prefix cache serves the rest); then one step per ITL (times the batch slowdown, with
+jitter). Deadlines are absolute, so timer lateness does not accumulate over long streams.
+
+Admission: wait while the engine sleeps, then for a batch slot, then for KV blocks. An
+engine-side abort (sleep with mode=abort) ends the request early with finish_reason
+`abort` and what was generated so far.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from typing import Any
@@ -17,6 +22,7 @@ import orjson
 
 from gateway.sim import textgen
 from gateway.sim.http import Connection, Request
+from gateway.sim.prefix_cache import RequestKv, output_ids
 from gateway.sim.protocol import GenRequest
 from gateway.sim.state import SimState
 from gateway.sim.textgen import ChoicePlan
@@ -75,10 +81,23 @@ def build_plans(st: SimState, req: GenRequest, http: Request) -> list[ChoicePlan
     return plans
 
 
-def _usage(prompt_tokens: int, plans: list[ChoicePlan]) -> dict[str, Any]:
+def _usage(prompt_tokens: int, plans: list[ChoicePlan], cached_tokens: int | None) -> dict[str, Any]:
+    """cached_tokens is None unless --enable-prompt-tokens-details; vLLM then reports it only
+    when non-zero (`if enable_prompt_tokens_details and num_cached_tokens`)."""
     completion = sum(p.completion_tokens for p in plans)
+    details = {"cached_tokens": cached_tokens} if cached_tokens else None
     return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion,
-            "completion_tokens": completion, "prompt_tokens_details": None}
+            "completion_tokens": completion, "prompt_tokens_details": details}
+
+
+def _cut(plan: ChoicePlan, steps: int) -> ChoicePlan:
+    """What a choice had produced after `steps` steps, finished by an engine-side abort."""
+    call = plan.tool_call
+    if call is not None:
+        pieces = call.argument_pieces[:max(0, steps - 1)]
+        call = dataclasses.replace(call, arguments="".join(pieces), argument_pieces=pieces) if steps > 0 else None
+    return dataclasses.replace(plan, deltas=plan.deltas[:steps], completion_tokens=plan.tokens_in_first(steps),
+                               finish_reason="abort", stop_reason=None, tool_call=call)
 
 
 class Generation:
@@ -93,12 +112,68 @@ class Generation:
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + os.urandom(16).hex()
         self.created = int(time.time())
         cfg = st.cfg
-        self.ttft_s = (_header_ms(http, "x-sim-ttft-ms", cfg.ttft_ms)
-                       + cfg.prefill_ms_per_token * req.prompt_tokens) / 1000.0
+        self.ttft_fixed_ms = _header_ms(http, "x-sim-ttft-ms", cfg.ttft_ms)
+        self.ttft_s = 0.0  # set at admission, once the cached prefix is known
+        self.cached_tokens = 0
+        self.kv: RequestKv | None = None
+        self.acquired = False
+        self.engine_aborted = False
+        self._timer: asyncio.Future[None] | None = None
         self.itl_s = _header_ms(http, "x-sim-itl-ms", cfg.itl_ms) / 1000.0
         self.steps = max((p.steps for p in self.plans), default=0)
         self.loop = asyncio.get_running_loop()
         self.t_arrive = self.loop.time()
+
+    # ---- admission and release ------------------------------------------------------
+    async def _admit(self) -> None:
+        """Engine awake -> batch slot -> KV blocks; then the TTFT is known."""
+        st = self.st
+        while True:
+            await st.engine.wait_awake()
+            await st.sched.acquire()
+            if not st.engine.is_sleeping:
+                break
+            st.sched.release()  # it fell asleep while we queued: wait for the wake-up again
+        self.acquired = True
+        st.engine.enter(self)
+        n = self.req.n
+        prompts = [st.prompt_ids.get(p.key, p.ids) for p in self.req.prompts]
+        outputs = [sum(pl.completion_tokens for pl in self.plans[i * n:(i + 1) * n]) for i in range(len(prompts))]
+        self.kv = RequestKv(st.kv, prompts, outputs)
+        self.cached_tokens = await self.kv.admit()
+        uncached = self.req.prompt_tokens - self.cached_tokens
+        self.ttft_s = (self.ttft_fixed_ms + st.cfg.prefill_ms_per_token * uncached) / 1000.0
+
+    def _leave(self, completed: bool) -> None:
+        """Free the slot and the KV blocks; a completed request's output blocks stay cached."""
+        st = self.st
+        if not self.acquired:
+            return
+        self.acquired = False
+        st.sched.release()
+        st.engine.leave(self)
+        if self.kv is not None:
+            outputs = None
+            if completed and st.kv.enabled:
+                n = self.req.n
+                outputs = []
+                for i in range(len(self.req.prompts)):
+                    plan = self.plans[i * n]
+                    text = plan.text("content") if plan.tool_call is None else None
+                    eos = plan.finish_reason == "stop" and plan.stop_reason is None
+                    outputs.append(output_ids(text, eos) if text else [])
+            self.kv.release(outputs)
+            self.kv = None
+
+    def engine_abort(self) -> None:
+        """The engine drops this request (sleep with mode=abort): end it at the next step."""
+        self.engine_aborted = True
+        if self._timer is not None and not self._timer.done():
+            self._timer.set_result(None)
+
+    def _usage(self, plans: list[ChoicePlan]) -> dict[str, Any]:
+        details = self.cached_tokens if self.st.cfg.kv.enable_prompt_tokens_details else None
+        return _usage(self.req.prompt_tokens, plans, details)
 
     # ---- accounting -------------------------------------------------------------
     def _prefilled(self) -> None:
@@ -112,12 +187,11 @@ class Generation:
     # ---- non-stream -----------------------------------------------------------------
     async def run_unary(self) -> None:
         st, sched = self.st, self.st.sched
-        acquired = finished = False
+        finished = False
         ttft = itl = 0.0
         t0 = self.t_arrive
         try:
-            await sched.acquire()
-            acquired = True
+            await self._admit()
             t0 = self.loop.time()
             ttft = sched.jittered(self.ttft_s)
             itl = self.itl_s * sched.slowdown()
@@ -125,12 +199,11 @@ class Generation:
                 total = ttft + sum(sched.jittered(itl) for _ in range(max(0, self.steps - 1)))
             else:
                 total = ttft + itl * max(0, self.steps - 1)
-            if total > 0.0:
-                await asyncio.sleep(total)
+            await self._sleep_until(t0 + total)
             finished = True
         finally:
-            if acquired:
-                sched.release()
+            if self.acquired:
+                self._leave(finished and not self.engine_aborted)
                 if not finished:  # aborted mid-generation: count what had been produced by now
                     elapsed = self.loop.time() - t0
                     if elapsed >= ttft:
@@ -140,15 +213,26 @@ class Generation:
                         st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
             if not finished:
                 self._done(["abort"] * len(self.plans))
+        if self.engine_aborted:
+            elapsed = self.loop.time() - t0
+            k = 0 if elapsed < ttft else self.steps if itl <= 0.0 else 1 + int((elapsed - ttft) / itl)
+            cut = [_cut(p, k) for p in self.plans]
+            if k > 0:
+                st.metrics.prompt_tokens += self.req.prompt_tokens
+                st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
+            st.metrics.generation_tokens += sum(p.completion_tokens for p in cut)
+            self._done(["abort"] * len(cut))
+            self.conn.send(200, orjson.dumps(self._unary_body(cut)))
+            return
         st.metrics.prompt_tokens += self.req.prompt_tokens
         st.metrics.generation_tokens += sum(p.completion_tokens for p in self.plans)
         st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
         self._done([p.finish_reason for p in self.plans])
-        self.conn.send(200, orjson.dumps(self._unary_body()))
+        self.conn.send(200, orjson.dumps(self._unary_body(self.plans)))
 
-    def _unary_body(self) -> dict[str, Any]:
+    def _unary_body(self, plans: list[ChoicePlan]) -> dict[str, Any]:
         choices: list[dict[str, Any]] = []
-        for i, plan in enumerate(self.plans):
+        for i, plan in enumerate(plans):
             if self.chat:
                 choices.append({"index": i, "message": self._message(plan), "logprobs": None,
                                 "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason})
@@ -160,7 +244,7 @@ class Generation:
                                 "stop_reason": plan.stop_reason, "prompt_logprobs": None})
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.st.cfg.model_name, "choices": choices,
-                "usage": _usage(self.req.prompt_tokens, self.plans), "system_fingerprint": None}
+                "usage": self._usage(plans), "system_fingerprint": None}
 
     def _message(self, plan: ChoicePlan) -> dict[str, Any]:
         if plan.tool_call is not None:
@@ -188,28 +272,34 @@ class Generation:
         self._head = head
         self._tail = b'],"usage":null}\n\n' if self.req.include_usage else b"]}\n\n"
         conn.start_stream()  # headers go out at once, as vLLM's StreamingResponse does
-        acquired = finished = False
+        finished = False
+        plans = self.plans
         try:
-            await sched.acquire()
-            acquired = True
+            await self._admit()
             deadline = self.loop.time() + sched.jittered(self.ttft_s)
             await self._sleep_until(deadline)
-            self._prefilled()
-            await self._emit_steps(deadline)
             events: list[bytes] = []
+            if self.engine_aborted:  # dropped before its first token
+                plans = [_cut(p, 0) for p in self.plans]
+                events += [self._finish_event(i, p, None) for i, p in enumerate(plans)]
+            else:
+                self._prefilled()
+                done = await self._emit_steps(deadline)
+                if self.engine_aborted and done < self.steps:
+                    plans = [_cut(p, done) if done < p.steps else p for p in self.plans]
+                    events += [self._finish_event(i, p, None) for i, p in enumerate(plans) if done < self.plans[i].steps]
             if self.req.include_usage:
-                events.append(b"data: " + head + b'],"usage":' + orjson.dumps(_usage(self.req.prompt_tokens, self.plans))
-                              + b"}\n\n")
+                events.append(b"data: " + head + b'],"usage":' + orjson.dumps(self._usage(plans)) + b"}\n\n")
             events.append(_DONE)
             conn.write_chunk(b"".join(events))
             conn.end_stream()
             finished = True
         finally:
-            if acquired:
-                sched.release()
-            self._done([p.finish_reason for p in self.plans] if finished else ["abort"] * len(self.plans))
+            self._leave(finished and not self.engine_aborted)
+            self._done([p.finish_reason for p in plans] if finished else ["abort"] * len(self.plans))
 
-    async def _emit_steps(self, deadline: float) -> None:
+    async def _emit_steps(self, deadline: float) -> int:
+        """Send the token steps; returns how many were sent (fewer after an engine abort)."""
         st, conn, plans = self.st, self.conn, self.plans
         faults = st.cfg.faults
         echo = [p.text or "" for p in self.req.prompts for _ in range(self.req.n)] if self.req.echo else None
@@ -248,13 +338,24 @@ class Generation:
             events = []
             await conn.drain()
             await self._sleep_until(deadline)
+            if self.engine_aborted:
+                return step + 1
         if events:
             conn.write_chunk(b"".join(events))
+        return self.steps
 
     async def _sleep_until(self, deadline: float) -> None:
+        """asyncio.sleep, except that engine_abort() ends it early."""
         delay = deadline - self.loop.time()
-        if delay > 0.0:
-            await asyncio.sleep(delay)
+        if delay > 0.0 and not self.engine_aborted:
+            timer: asyncio.Future[None] = self.loop.create_future()
+            self._timer = timer
+            handle = self.loop.call_later(delay, _resolve, timer)
+            try:
+                await timer
+            finally:
+                handle.cancel()
+                self._timer = None
 
     def _event(self, choice: dict[str, Any]) -> bytes:
         return b"data: " + self._head + orjson.dumps(choice) + self._tail
@@ -288,6 +389,11 @@ class Generation:
                                 "stop_reason": plan.stop_reason})
         return self._event({"index": i, "text": echo[i] if echo is not None else "", "logprobs": None,
                             "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason})
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _reasoning_fields(setting: str) -> tuple[str, ...]:

@@ -42,10 +42,16 @@ class Histogram:
 
 
 class Metrics:
-    def __init__(self, model_name: str, gauges: Callable[[], tuple[int, int, int]]) -> None:
-        """gauges() returns (running, waiting, max_num_seqs) at scrape time."""
+    def __init__(self, model_name: str, gauges: Callable[[], tuple[int, int, int]],
+                 kv_usage: Callable[[], float] | None = None,
+                 extra: list[Callable[[str, list[str]], None]] | None = None) -> None:
+        """gauges() returns (running, waiting, max_num_seqs) at scrape time; kv_usage() the KV
+        cache usage (default: running / max_num_seqs); each extra(labels, out) appends its own
+        metric lines (prefix cache, sleep state)."""
         self.model_name = model_name
         self._gauges = gauges
+        self._kv_usage = kv_usage
+        self._extra = extra or []
         self._labels = f'engine="0",model_name="{_escape(model_name)}"'
         self.prompt_tokens = 0
         self.generation_tokens = 0
@@ -64,7 +70,10 @@ class Metrics:
     def render(self) -> bytes:
         running, waiting, max_num_seqs = self._gauges()
         lb = self._labels
-        usage = min(1.0, running / max_num_seqs) if max_num_seqs else 0.0
+        if self._kv_usage is not None:
+            usage = self._kv_usage()
+        else:
+            usage = min(1.0, running / max_num_seqs) if max_num_seqs else 0.0
         out = [
             "# HELP vllm:num_requests_running Number of requests in model execution batches.",
             "# TYPE vllm:num_requests_running gauge",
@@ -99,6 +108,8 @@ class Metrics:
             "# TYPE vllm:e2e_request_latency_seconds histogram",
         ]
         self.e2e.render("vllm:e2e_request_latency_seconds", lb, out)
+        for render in self._extra:
+            render(lb, out)
         out.append("")
         return "\n".join(out).encode()
 

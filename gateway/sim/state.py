@@ -9,11 +9,15 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gateway.sim.config import SimConfig
+from gateway.sim.devices import GIB, DeviceLedger, visible_devices
 from gateway.sim.http import Connection
 from gateway.sim.metrics import Metrics
+from gateway.sim.prefix_cache import KvCache, PromptIds
 from gateway.sim.scheduler import Scheduler
+from gateway.sim.sleep import EngineState
 
 log = logging.getLogger("gateway.sim")
 
@@ -32,6 +36,9 @@ class SimState:
     cfg: SimConfig
     sched: Scheduler
     metrics: Metrics
+    kv: KvCache
+    engine: EngineState
+    prompt_ids: PromptIds = field(default_factory=PromptIds)
     counters: Counters = field(default_factory=Counters)
     started_wall: float = field(default_factory=time.time)
     ready_at: float = 0.0  # loop time at which the "model" has loaded
@@ -40,8 +47,17 @@ class SimState:
     @classmethod
     def create(cls, cfg: SimConfig) -> SimState:
         sched = Scheduler(cfg.max_num_seqs, cfg.batch_slowdown, cfg.jitter, cfg.seed)
-        metrics = Metrics(cfg.model_name, lambda: (sched.running, sched.waiting, sched.max_num_seqs))
-        return cls(cfg=cfg, sched=sched, metrics=metrics, rng=random.Random(cfg.seed))
+        kv = KvCache(cfg.kv.num_gpu_blocks, cfg.kv.block_size, cfg.kv.enable_prefix_caching)
+        ledger = None
+        if cfg.sleep.device_dir is not None:
+            ledger = DeviceLedger(Path(cfg.sleep.device_dir), visible_devices(dict(os.environ)),
+                                  int(cfg.sleep.device_memory_gb * GIB), cfg.model_name)
+        engine = EngineState(cfg.sleep, kv, ledger)
+        # Requests held while the engine sleeps wait in vLLM's scheduler queue too.
+        metrics = Metrics(cfg.model_name, lambda: (sched.running, sched.waiting + engine.blocked,
+                                                   sched.max_num_seqs),
+                          kv_usage=kv.usage, extra=[kv.render_metrics, engine.render_metrics])
+        return cls(cfg=cfg, sched=sched, metrics=metrics, kv=kv, engine=engine, rng=random.Random(cfg.seed))
 
     def is_ready(self) -> bool:
         return asyncio.get_running_loop().time() >= self.ready_at

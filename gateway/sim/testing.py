@@ -49,8 +49,9 @@ class SimProcess:
     """A `python -m gateway.sim` subprocess in its own process group, logging to a temp file."""
 
     def __init__(self, args: list[str] | None = None, port: int | None = None, *, wait_ready: bool = True,
-                 timeout: float = 15.0, start: bool = True) -> None:
+                 timeout: float = 15.0, start: bool = True, env: dict[str, str] | None = None) -> None:
         self.args = list(args or [])
+        self.env = dict(env or {})  # added to the inherited environment (e.g. VLLM_SERVER_DEV_MODE)
         if "--port" in self.args:
             raise ValueError("pass the port as SimProcess(port=...), not in args")
         self._requested_port = port
@@ -69,7 +70,7 @@ class SimProcess:
         cmd = [sys.executable, "-m", "gateway.sim", "--port", str(self._requested_port or 0), *self.args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                         start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         try:
             deadline = time.monotonic() + self.timeout
             self._wait_listening(deadline)

@@ -1,0 +1,54 @@
+"""vLLM's dev-mode endpoints (present only with VLLM_SERVER_DEV_MODE=1): sleep mode and
+prefix-cache reset. Semantics are described in gateway.sim.sleep."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs
+
+import orjson
+
+from gateway.sim.errors import error_body
+from gateway.sim.http import Connection, Request
+from gateway.sim.sleep import SleepError
+from gateway.sim.state import SimState
+
+Endpoint = Callable[[Request, Connection], Awaitable[None]]
+
+
+def dev_routes(st: SimState) -> dict[str, dict[str, Endpoint]]:
+    async def sleep(req: Request, conn: Connection) -> None:
+        query = parse_qs(req.query)
+        raw_level = query.get("level", ["1"])[-1]
+        if not raw_level.lstrip("-").isdigit():
+            conn.send(400, error_body(400, f"level must be an integer, got {raw_level!r}"))
+            return
+        try:
+            await st.engine.sleep(int(raw_level), query.get("mode", ["abort"])[-1])
+        except SleepError as exc:
+            conn.send(exc.status, error_body(exc.status, str(exc)))
+            return
+        conn.send(200, b"", content_type=b"text/plain; charset=utf-8")
+
+    async def wake_up(req: Request, conn: Connection) -> None:
+        tags = parse_qs(req.query).get("tags") or None
+        try:
+            await st.engine.wake_up(tags)
+        except SleepError as exc:
+            conn.send(exc.status, error_body(exc.status, str(exc)))
+            return
+        conn.send(200, b"", content_type=b"text/plain; charset=utf-8")
+
+    async def is_sleeping(req: Request, conn: Connection) -> None:
+        conn.send(200, orjson.dumps({"is_sleeping": st.engine.is_sleeping}))
+
+    async def reset_prefix_cache(req: Request, conn: Connection) -> None:
+        st.kv.reset()  # vLLM answers 200 even when blocks in use make it refuse (it logs a warning)
+        conn.send(200, b"", content_type=b"text/plain; charset=utf-8")
+
+    return {
+        "/sleep": {"POST": sleep},
+        "/wake_up": {"POST": wake_up},
+        "/is_sleeping": {"GET": is_sleeping},
+        "/reset_prefix_cache": {"POST": reset_prefix_cache},
+    }
