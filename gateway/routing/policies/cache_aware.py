@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -78,8 +78,12 @@ class Decision:
 class CacheAware:
     name = "cache_aware"
 
-    def __init__(self, seed: int | None = None, cfg: PrefixRoutingConfig | None = None) -> None:
+    def __init__(
+        self, seed: int | None = None, cfg: PrefixRoutingConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cfg = cfg or PrefixRoutingConfig()
+        self.clock = clock
         self._by_load = SpeedAware(seed)
         self._entries: dict[str, _Entry] = {}  # backend id -> its index
         self._pending: dict[int, int] = {}  # id(request) -> blocks predicted at dispatch
@@ -110,7 +114,7 @@ class CacheAware:
         blocks = request.blocks if request is not None else None
         if blocks is None or blocks.empty:
             return Decision(self._by_load.choose(candidates), "load", 0)
-        now = time.monotonic()
+        now = self.clock()
         cfg = self.cfg
         loads = [load(b) for b in candidates]
         bound = (1.0 + cfg.balance_rel) * (sum(loads) / len(loads)) + cfg.balance_abs
@@ -160,7 +164,7 @@ class CacheAware:
         blocks = request.blocks
         if blocks.empty:
             return
-        now = time.monotonic()
+        now = self.clock()
         idx = self.index(backend, now)
         matched = idx.match(blocks.hashes, now)
         self._pending[id(request)] = matched
@@ -188,7 +192,7 @@ class CacheAware:
         else:
             return  # this engine does not say: nothing to calibrate against
         actual = cached * self.bytes_per_token / self.cfg.block_bytes
-        if e.index.calibrate(predicted, actual, time.monotonic()):
+        if e.index.calibrate(predicted, actual, self.clock()):
             log.debug("cache_aware: %s cached %d tokens, %d blocks predicted: index cap -> %d",
                       backend.id, cached, predicted, e.index.cap)
 
