@@ -120,7 +120,7 @@ def test_an_overloaded_backend_is_skipped_despite_holding_the_prefix(sims: list[
             # The gateway learns the engine's load from its /metrics (every 100 ms here).
             assert wait_until(lambda: backend.engine_running >= 6, 10)
             before = served(sims)
-            turn(client, history, "Follow-up while the home engine is busy?")
+            turn(client, history, "A long follow-up while the home engine is busy? " * 12)
             moved = which(before, served(sims))
             assert moved != home
             assert backend.cache.skipped_overloaded >= 1
