@@ -33,7 +33,10 @@ COMPLETION_KEY_BLOCKS = 4
 class PromptBlocks:
     hashes: tuple[int, ...]  # hash of the prompt prefix ending at each full block
     key: int  # the conversation's opening: tools + messages through the first user message
-    key_blocks: int  # full blocks that lie inside the opening
+    # Blocks needed to cover the opening (its last one may be partial, then it is only
+    # matched once a later turn filled it): a backend matching this many has seen this
+    # conversation, not just a prefix all conversations share.
+    key_blocks: int
     size: int  # prompt bytes hashed
 
     @property
@@ -104,6 +107,6 @@ def prompt_blocks(endpoint: str, body: dict[str, Any], block_bytes: int) -> Prom
     return PromptBlocks(
         hashes=chain(data, block_bytes),
         key=_digest(memoryview(data)[:key_end]),
-        key_blocks=key_end // block_bytes,
+        key_blocks=-(-key_end // block_bytes),
         size=len(data),
     )

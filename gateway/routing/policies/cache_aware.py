@@ -11,7 +11,9 @@ policy keeps an index of the blocks recently sent there (`routing.prefix_index`)
    is always eligible.
 2. Locality. An eligible backend holding the request's prefix at least through the
    conversation's opening (tools + messages up to the first user message) has served
-   this conversation: the longest such prefix wins. Matches shorter than the opening are
+   this conversation (a match must reach past the opening's end, so a shared prefix that
+   ends on a block boundary just before a new first question does not count): the
+   longest such prefix wins. Matches shorter than the opening are
    prefixes every conversation shares (a system prompt, a tool schema): every backend
    gets them soon enough, so they do not attract traffic.
 3. Affinity. Otherwise, if the prompt shares anything with what any backend has seen,
@@ -132,8 +134,10 @@ class CacheAware:
             if best is None or m > best.matched or (m == best.matched and rank > best_rank):
                 best, best_rank = Decision(b, "locality", m), rank
         if best is None and any(matches):
-            eligible = [i for i, lo in enumerate(loads) if lo <= bound]
-            i = max(eligible, key=lambda i: rendezvous(blocks.key, candidates[i].url))
+            ranked = sorted(range(len(candidates)), key=lambda i: rendezvous(blocks.key, candidates[i].url), reverse=True)
+            i = next(i for i in ranked if loads[i] <= bound)
+            if i != ranked[0]:
+                candidates[ranked[0]].cache.skipped_overloaded += 1
             best = Decision(candidates[i], "affinity", matches[i])
         if best is None:
             b = self._least_delay(candidates, blocks.key)
