@@ -180,7 +180,10 @@ class PrefixRoutingConfig(_Model):
     # Never route for a cached prefix to a backend whose load (requests in flight or
     # queued) exceeds (1 + balance_rel) x the pool's mean + balance_abs.
     balance_rel: float = Field(0.25, ge=0)
-    balance_abs: float = Field(2.0, ge=0)
+    balance_abs: float = Field(1.0, ge=0)
+    # A conversation not cached anywhere yet goes, among the backends within this many
+    # requests of the least loaded, to the one its opening hashes to (replicas agree).
+    affinity_slack: float = Field(1.0, ge=0)
 
 
 class PoolConfig(_Model):

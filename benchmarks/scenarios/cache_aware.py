@@ -377,8 +377,8 @@ async def _capacity(bench: Bench, sims: list[SimProcess], workload: str, seconds
 
 def run(bench: Bench) -> dict[str, Any]:
     loads = bench.pick((0.7,), (0.5, 0.7, 0.9))
-    window = bench.pick(8.0, 14.0)
-    drain = bench.pick(12.0, 20.0)
+    window = bench.pick(8.0, 12.0)
+    drain = bench.pick(15.0, 20.0)
     cap_seconds = bench.pick(6.0, 9.0)
     out: dict[str, Any] = {"engines": ENGINES, "batch": BATCH, "kv_blocks": KV_BLOCKS, "block": BLOCK,
                            "prefill_ms_per_token": PREFILL_MS, "window_s": window, "capacity": {}, "runs": []}
@@ -393,11 +393,13 @@ def run(bench: Bench) -> dict[str, Any]:
             bench.log(f"cache_aware: {workload}: capacity {cap:.1f} req/s (speed_aware, all slots busy)")
             for load in loads:
                 sess = sessions(workload, load * cap, window, seed=7)
-                plan: list[tuple[str, int]] = [(p, 1) for p in ("cache_aware", "speed_aware", "oracle")]
-                if load == 0.7 or not bench.quick:
-                    plan += [("cache_aware", 2), ("speed_aware", 2)] if load == 0.7 else []
-                if not bench.quick and load == 0.7:
-                    plan += [("least_outstanding", 1), ("round_robin", 1)]
+                plan: list[tuple[str, int]] = [("cache_aware", 1), ("speed_aware", 1)]
+                if bench.quick:
+                    plan += [("cache_aware", 2)] if workload == "chat" else []
+                else:
+                    plan += [("oracle", 1)]
+                    if load == 0.7:
+                        plan += [("cache_aware", 2), ("speed_aware", 2), ("least_outstanding", 1), ("round_robin", 1)]
                 for policy, replicas in plan:
                     st = bench.run(_run(bench, sims, policy, replicas, sess, window + drain, seed=3))
                     st.update(workload=workload, load=load, policy=policy, replicas=replicas, rate=load * cap,

@@ -17,10 +17,12 @@ policy keeps an index of the blocks recently sent there (`routing.prefix_index`)
    prefixes every conversation shares (a system prompt, a tool schema): every backend
    gets them soon enough, so they do not attract traffic.
 3. Affinity. Otherwise, if the prompt shares anything with what any backend has seen,
-   the eligible backend ranked first for the conversation's opening by rendezvous
-   hashing (highest hash of (opening, backend URL)) takes it. A conversation's turns
-   then meet on one backend even through another gateway replica that never saw the
-   earlier turns: the function depends only on the request and the backend URLs.
+   of the backends within `affinity_slack` requests of the least loaded one, the one
+   ranked first for the conversation's opening by rendezvous hashing (highest hash of
+   (opening, backend URL)) takes it. A conversation's turns then meet on one backend even
+   through another gateway replica that never saw the earlier turns (the rank depends
+   only on the request and the backend URLs), while a new conversation is placed almost
+   as evenly as by shortest queue: the slack is what trades balance for agreement.
 4. Load. A prompt that shares nothing with anything seen (no locality to win) goes by
    shortest expected delay, exactly as `speed_aware`, ties broken by the same rendezvous
    rank so replicas still tend to agree.
@@ -135,7 +137,8 @@ class CacheAware:
                 best, best_rank = Decision(b, "locality", m), rank
         if best is None and any(matches):
             ranked = sorted(range(len(candidates)), key=lambda i: rendezvous(blocks.key, candidates[i].url), reverse=True)
-            i = next(i for i in ranked if loads[i] <= bound)
+            near = min(loads) + cfg.affinity_slack
+            i = next(i for i in ranked if loads[i] <= near)
             if i != ranked[0]:
                 candidates[ranked[0]].cache.skipped_overloaded += 1
             best = Decision(candidates[i], "affinity", matches[i])
