@@ -470,6 +470,9 @@ def render(results: dict[str, Any], placement: Placement) -> str:
     sections.append(metering(sc.get("metering", {})))
     sections.append(profile(sc.get("profile", {})))
     sections.append(tuning(sc.get("tuning", {})))
+    from benchmarks.scenarios.cache_aware import section as cache_aware_section
+
+    sections.append(cache_aware_section(sc.get("cache_aware", {})))
     from benchmarks.findings import findings
 
     sections.append(findings(results))

@@ -18,7 +18,7 @@ from typing import Any
 from benchmarks import procs
 from benchmarks.context import Bench
 
-SCENARIOS = ("overhead", "streams", "balancing", "metering", "tuning", "profile", "model")
+SCENARIOS = ("overhead", "streams", "balancing", "metering", "tuning", "profile", "model", "cache_aware")
 
 
 def _scenario(name: str) -> Any:

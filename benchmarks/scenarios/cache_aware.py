@@ -418,6 +418,7 @@ def run(bench: Bench) -> dict[str, Any]:
         for s in sims:
             s.close()
     out["targets"] = targets(out["runs"])
+    out["quick"] = bench.quick
     return out
 
 
