@@ -361,9 +361,11 @@ async def _capacity(bench: Bench, sims: list[SimProcess], workload: str, seconds
 
         async def loop(s: Session, http: aiohttp.ClientSession) -> None:
             i = 0
+            history: list[dict[str, Any]] = []
             while time.perf_counter() - t0 < seconds:
-                history = [{"role": "user", "content": s.turns[i % len(s.turns)]}] if i % len(s.turns) == 0 \
-                    else history + [{"role": "user", "content": s.turns[i % len(s.turns)]}]
+                if i % len(s.turns) == 0:
+                    history = []  # the session starts over
+                history.append({"role": "user", "content": s.turns[i % len(s.turns)]})
                 body: dict[str, Any] = {"model": MODEL, "messages": [*s.prefix, *history], "max_tokens": s.max_tokens,
                                         "stream": True}
                 if s.tools:
