@@ -71,3 +71,17 @@ def test_hashes_are_the_same_in_another_process() -> None:
     out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={"PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert len(out) == 1
+
+
+def test_completion_from_usage_reads_cached_tokens_when_present() -> None:
+    from gateway.routing.request import completion_from_usage
+
+    c = completion_from_usage(True, {"prompt_tokens": 100, "completion_tokens": 7,
+                                     "prompt_tokens_details": {"cached_tokens": 64}}, 0.1, 0.5)
+    assert (c.prompt_tokens, c.cached_tokens, c.output_tokens, c.ok) == (100, 64, 7, True)
+    c = completion_from_usage(True, {"prompt_tokens": 100, "completion_tokens": 7}, None, 0.5)
+    assert c.cached_tokens is None  # vLLM omits the details when nothing was cached
+    c = completion_from_usage(False, None, None, 0.2)
+    assert c.prompt_tokens is None and not c.ok
+    c = completion_from_usage(True, {"prompt_tokens": True, "prompt_tokens_details": {"cached_tokens": "x"}}, None, 0)
+    assert c.prompt_tokens is None and c.cached_tokens is None
