@@ -53,6 +53,10 @@ class PrefixIndex:
                 hi = mid - 1
         return lo
 
+    def has(self, h: int, now: float) -> bool:
+        """Whether one hash (e.g. a conversation's opening) was recorded and is still fresh."""
+        return self._fresh(h, now)
+
     def insert(self, hashes: Sequence[int], now: float) -> None:
         seen = self._seen
         for h in reversed(hashes):

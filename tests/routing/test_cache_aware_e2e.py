@@ -86,8 +86,8 @@ def test_each_conversation_returns_to_its_backend_and_hits_its_cache(sims: list[
         assert 'gateway_backend_routed_total{backend=' in text and 'reason="locality"' in text
         assert "gateway_backend_cached_prompt_tokens_total" in text
         pool = gw.state.pools["m"]
-        # Turns 3 and 4 by their cached prefix (turn 2 completes the opening's last block).
-        assert sum(b.cache.routed.get("locality", 0) for b in pool.backends) == 6 * 2
+        # Every follow-up turn by locality: the index knows this conversation was served there.
+        assert sum(b.cache.routed.get("locality", 0) for b in pool.backends) == 6 * 3
         assert sum(b.cache.cached_tokens for b in pool.backends) > 0
         # Sized from the engine's own cache_config_info (4096 blocks x 16 tokens).
         assert wait_until(lambda: all(b.kv_capacity_tokens == 4096 * 16 for b in pool.backends), 5)

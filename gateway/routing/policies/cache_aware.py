@@ -9,11 +9,11 @@ policy keeps an index of the blocks recently sent there (`routing.prefix_index`)
    prefix onto one engine until it runs out of KV memory (sglang PR #14305,
    vllm-project/router#179). The least loaded backend is never above the mean, so one
    is always eligible.
-2. Locality. An eligible backend holding the request's prefix at least through the
-   conversation's opening (tools + messages up to the first user message) has served
-   this conversation (a match must reach past the opening's end, so a shared prefix that
-   ends on a block boundary just before a new first question does not count): the
-   longest such prefix wins. Matches shorter than the opening are
+2. Locality. An eligible backend that has served this conversation (its index holds the
+   hash of the conversation's opening, tools + messages through the first user message,
+   or blocks reaching past the opening's end) takes it: the longest cached prefix wins.
+   A match on a prefix every conversation shares (a system prompt, a tool schema) does
+   not count: every backend gets those soon enough, so they must not attract traffic. Matches shorter than the opening are
    prefixes every conversation shares (a system prompt, a tool schema): every backend
    gets them soon enough, so they do not attract traffic.
 3. Affinity. Otherwise, if the prompt shares anything with what any backend has seen,
@@ -122,15 +122,16 @@ class CacheAware:
         cfg = self.cfg
         loads = [load(b) for b in candidates]
         bound = (1.0 + cfg.balance_rel) * (sum(loads) / len(loads)) + cfg.balance_abs
-        matches = [self.index(b, now).match(blocks.hashes, now) for b in candidates]
-        deep = max(1, blocks.key_blocks)
+        indexes = [self.index(b, now) for b in candidates]
+        matches = [idx.match(blocks.hashes, now) for idx in indexes]
         best: Decision | None = None
         best_rank = -1
-        for b, lo, m in zip(candidates, loads, matches, strict=True):
-            if m < deep:
-                continue
+        passed_over: set[Backend] = set()  # held this request's prefix (or rank) but overloaded
+        for b, idx, lo, m in zip(candidates, indexes, loads, matches, strict=True):
+            if not (m >= max(1, blocks.key_blocks) or (m and idx.has(blocks.key, now))):
+                continue  # only a prefix every conversation shares, if anything
             if lo > bound:
-                b.cache.skipped_overloaded += 1
+                passed_over.add(b)
                 continue
             rank = rendezvous(blocks.key, b.url)
             if best is None or m > best.matched or (m == best.matched and rank > best_rank):
@@ -140,11 +141,13 @@ class CacheAware:
             near = min(loads) + cfg.affinity_slack
             i = next(i for i in ranked if loads[i] <= near)
             if i != ranked[0]:
-                candidates[ranked[0]].cache.skipped_overloaded += 1
+                passed_over.add(candidates[ranked[0]])
             best = Decision(candidates[i], "affinity", matches[i])
         if best is None:
             b = self._least_delay(candidates, blocks.key)
             best = Decision(b, "load", 0)
+        for b in passed_over:
+            b.cache.skipped_overloaded += 1
         self._last = best
         if log.isEnabledFor(logging.DEBUG):
             i = candidates.index(best.backend)
@@ -177,8 +180,10 @@ class CacheAware:
         self._pending[id(request)] = matched
         backend.cache.predicted_bytes += blocks.size
         backend.cache.predicted_hit_bytes += matched * self.cfg.block_bytes
-        # The engine computes and caches the whole prompt now.
-        idx.insert(blocks.hashes, now)
+        # The engine computes and caches the whole prompt now. The opening's hash goes in
+        # last (most recent): the opening's last block is usually partial, so only this
+        # says "this backend has served this conversation" until a later turn fills it.
+        idx.insert((blocks.key, *blocks.hashes), now)
 
     def on_complete(self, backend: Backend, request: RouteRequest, completion: Completion | None) -> None:
         predicted = self._pending.pop(id(request), None)
@@ -202,8 +207,3 @@ class CacheAware:
         if e.index.calibrate(predicted, actual, self.clock()):
             log.debug("cache_aware: %s cached %d tokens, %d blocks predicted: index cap -> %d",
                       backend.id, cached, predicted, e.index.cap)
-
-    def forget(self, keep: set[str]) -> None:
-        """Drop the indexes of backends no longer in the pool."""
-        for bid in [k for k in self._entries if k not in keep]:
-            del self._entries[bid]

@@ -51,10 +51,10 @@ def test_every_turn_of_a_conversation_goes_back_to_its_backend() -> None:
         for t in range(2, 6):
             assert send(p, bs, conv(cid, t)) is first
     routed = Counter(r for b in bs for r, n in b.cache.routed.items() for _ in range(n))
-    # Turn 2 fills the opening's last (partial) block, so turns 3.. are routed by locality;
-    # turns 1 and 2 by the rendezvous hash of the opening, which picks the same backend.
-    assert routed["locality"] == 12 * 3
-    assert routed["affinity"] + routed["load"] == 12 * 2
+    # Turn 1 by the rendezvous hash of its opening (or load, the very first), the rest by
+    # the opening's hash recorded in the index, then by the blocks reaching past it.
+    assert routed["locality"] == 12 * 4
+    assert routed["affinity"] + routed["load"] == 12
 
 
 def test_new_conversations_spread_over_the_backends() -> None:
