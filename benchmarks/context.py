@@ -1,4 +1,5 @@
-"""What every scenario gets: the run's mode (quick/full), placement, logging, an event loop."""
+"""What every scenario gets: the run's mode (quick/full), placement, the gateway's subsystems,
+logging, an event loop."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from benchmarks.procs import Placement
+from .procs import PRODUCTION, Placement, Subsystems
 
 T = TypeVar("T")
 
@@ -18,6 +19,8 @@ T = TypeVar("T")
 class Bench:
     quick: bool
     placement: Placement
+    # The gateway's hot-path subsystems in overhead/streams/metering/peers/profile.
+    subsystems: Subsystems = PRODUCTION
     started: float = field(default_factory=time.monotonic)
     notes: list[str] = field(default_factory=list)
 

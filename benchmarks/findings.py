@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from benchmarks.measure import summary
+from .measure import summary
 
 NA = "n/a"
 # Previous report (commit 29c5107, before the changes), for "before -> now" lines.
@@ -177,7 +177,7 @@ def findings(res: dict[str, Any]) -> str:
 The previous engineer's proposals 1-8 are in the gateway now (see `git log`); this run
 measures the gateway as shipped, and the replaced pieces where they can still be selected.
 
-1. **Own keep-alive client to engines** (`gateway/httpclient.py`, `RawSession`; asyncio
+1. **Own keep-alive client to engines** (`gateway/proxy/client.py`, `RawSession`; asyncio
    protocols + httptools; `server.upstream_client: raw`, the default; aiohttp stays as the
    fallback). {_client_line(sc)}
    Previous report on aiohttp: {BEFORE['ns_cpu']} per non-stream request, {BEFORE['pe_cpu']} per
@@ -204,7 +204,7 @@ measures the gateway as shipped, and the replaced pieces where they can still be
 
 {_profile_line(sc)}
 
-The engine side of a request (`gateway/httpclient.py`) is now roughly a tenth of the
+The engine side of a request (`gateway/proxy/client.py`) is now roughly a tenth of the
 samples, where aiohttp took 30-42% in the previous report; uvicorn (the server side, its
 `send` includes the socket write) is the largest share, then the gateway's own request
 handling (`proxy`, `inference`, `sse`). For streams the cost is per event: one `recv` from
@@ -228,7 +228,7 @@ moves with the neighbours' load.
 - **prometheus_client** on the request path: a few percent of the samples; the
   "no Prometheus" row is the most it could save. Kept.
 - **uvicorn settings**: access log off (the "access log on" row); `proxy_headers` makes no
-  measurable difference, so `gateway/server.py` is unchanged.
+  measurable difference, so `gateway/server/run.py` is unchanged.
 - **Several workers (SO_REUSEPORT)**: on the gateway's single CPU, 2 workers only add context
   switches. With a CPU each they would add throughput; each worker's own outstanding count
   sees only its share, but the engines' gauges (read every second by every worker) give all

@@ -55,7 +55,8 @@ def _patch_upstream(kind: str) -> None:
     if kind == "raw":
         return  # the gateway's own default: nothing to patch
     import gateway.server.app as app_mod
-    from benchmarks import upstreams
+
+    from . import upstreams
 
     app_mod.make_session = upstreams.FACTORIES[kind]  # type: ignore[attr-defined]
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import loadgen
-from benchmarks.procs import CpuMeter
+from . import loadgen
+from .procs import CpuMeter
 
 
 @dataclass(frozen=True)

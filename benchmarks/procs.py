@@ -251,10 +251,62 @@ class Gateway:
         self.stop()
 
 
+# The key every benchmark client sends (harmless to engines and peers, which ignore it).
+# Not a secret: it only ever opens a gateway on 127.0.0.1 started by the harness.
+BENCH_KEY = "sk-bench-loopback-only-0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class Subsystems:
+    """What runs on the gateway's hot path besides proxying. The default is the production
+    configuration (issue #13): an API key checked on every request, usage metered to
+    SQLite, Prometheus metrics on. `python -m benchmarks.run --off ...` turns some off to
+    show what each costs; the old benchmark ran with all three off and flattered us."""
+
+    auth: bool = True
+    metering: bool = True
+    metrics: bool = True
+
+    def headers(self) -> dict[str, str]:
+        """Headers every client request carries (sent to peers and engines too, for the same bytes)."""
+        return {"Authorization": f"Bearer {BENCH_KEY}"}
+
+    def describe(self) -> str:
+        if self.auth and self.metering and self.metrics:
+            return "production: API key (`auth: keys`), metering to SQLite, Prometheus metrics"
+        on = [n for n, v in (("API key", self.auth), ("metering to SQLite", self.metering),
+                             ("metrics", self.metrics)) if v]
+        off = [n for n, v in (("auth", self.auth), ("metering", self.metering), ("metrics", self.metrics)) if not v]
+        return f"NOT production: {', '.join(off)} off" + (f"; on: {', '.join(on)}" if on else "")
+
+
+PRODUCTION = Subsystems()
+BARE = Subsystems(auth=False, metering=False, metrics=False)
+
+
+def subsystems_gateway(name: str, pools: dict[str, dict[str, Any]], placement: Placement, subsystems: Subsystems,
+                       store: str = "sqlite:///usage.db", launch_args: list[str] | None = None) -> Gateway:
+    """A gateway with these subsystems: `gateway serve` when metrics are on (as shipped);
+    metrics off needs benchmarks.launch (`--no-metrics`), as there is no setting for it."""
+    yaml = gateway_yaml(pools, store if subsystems.metering else "memory://", subsystems.metering,
+                        auth=subsystems.auth)
+    args = list(launch_args or []) + ([] if subsystems.metrics else ["--no-metrics"])
+    if subsystems.metering:
+        (OUT / "run" / name / "usage.db").unlink(missing_ok=True)
+    if not args:
+        return Gateway(name, yaml, placement)
+    return Gateway(name, yaml, placement, launcher="bench", launch_args=args)
+
+
 def gateway_yaml(pools: dict[str, dict[str, Any]], store: str = "memory://", metering: bool = False,
-                 extra: str = "") -> str:
-    """A minimal config: no auth, the given pools (endpoints, balancer, max_concurrency...)."""
-    lines = ["auth: {mode: none}", f'store: "{store}"', f"metering: {{enabled: {str(metering).lower()}}}",
+                 extra: str = "", auth: bool = False) -> str:
+    """A minimal config: the given pools (endpoints, balancer, max_concurrency...); with
+    `auth`, one key (BENCH_KEY, no limits) as in production, else `auth: {mode: none}`."""
+    import hashlib
+
+    digest = hashlib.sha256(BENCH_KEY.encode()).hexdigest()
+    auth_yaml = f"auth: {{mode: keys, keys: [{{name: bench, key_sha256: {digest}}}]}}" if auth else "auth: {mode: none}"
+    lines = [auth_yaml, f'store: "{store}"', f"metering: {{enabled: {str(metering).lower()}}}",
              "server: {drain_seconds: 2}", "pools:"]
     for name, p in pools.items():
         lines.append(f"  {name}:")

@@ -8,7 +8,7 @@ timeout=)` as an async context manager, then `resp.status`, `resp.headers`,
 `resp.json()`. Each factory below returns an object with that surface, so the launcher
 (benchmarks.launch --upstream KIND) can swap clients without touching the hot path:
 
-- aiohttp: the gateway's fallback session (`gateway.proxy.headers._aiohttp_session`), and
+- aiohttp: the gateway's fallback session (`gateway.proxy.client._aiohttp_session`), and
   variants of it: the connector's limit, keep-alive off, decompression off.
 - httpx: `httpx.AsyncClient` with its default transport (encode/httpx #3215 reports its
   pool is slow under concurrency).
@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.proxy.headers import _aiohttp_session
+from gateway.proxy.client import _aiohttp_session
 
 # --- aiohttp variants ------------------------------------------------------------------
 

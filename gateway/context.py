@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .keys.auth import Key
+    from .ratelimit import Admission
     from .routing.backend import Backend
     from .routing.pool import Pool
 
@@ -55,7 +56,7 @@ class RequestContext:
     delivered_events: int = 0
     delivered_dropped: int = 0
     completed: bool = False  # the engine finished normally (stream reached [DONE] / full body)
-    admission: Any = None  # ratelimit admission token, settled when the request ends
+    admission: Admission | None = None  # the rate limiter's token, settled when the request ends
 
     def keep_delivered(self, data: bytes) -> None:
         if self.delivered_bytes >= DELIVERED_KEEP_BYTES:

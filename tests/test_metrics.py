@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
+from pathlib import Path
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import GatewayConfig
@@ -13,6 +17,7 @@ from gateway.metrics import Metrics
 from gateway.ratelimit import Limiter, RateLimited
 from gateway.routing.backend import BackendState
 from gateway.server.app import create_state
+from tests.gw import GatewayServer, wait_until
 from tests.metering.ctxs import chunk, ctx, key, usage
 
 FIXED = {
@@ -70,12 +75,11 @@ def test_backend_and_pool_gauges_are_read_at_scrape_time() -> None:
     m = Metrics(state)
     b0, b1 = state.pools["chat"].backends
     b0.outstanding, b1.state = 3, BackendState.UNHEALTHY
-    b1.restarts = 2
     s = samples(m)
     lb = lambda b: (("backend", b.id), ("pool", "chat"))  # noqa: E731
     assert s[("gateway_backend_outstanding", lb(b0))] == 3
     assert (s[("gateway_backend_up", lb(b0))], s[("gateway_backend_up", lb(b1))]) == (1, 0)
-    assert s[("gateway_backend_restarts_total", lb(b1))] == 2
+    assert s[("gateway_backend_restarts_total", lb(b1))] == 0  # a real restart: test_killed_engine_...
     assert s[("gateway_pool_queue_depth", (("pool", "embed"),))] == 0
     b0.outstanding = 0
     assert samples(m)[("gateway_backend_outstanding", lb(b0))] == 0
@@ -137,3 +141,50 @@ def test_registries_are_per_app_and_observing_is_cheap() -> None:
     for _ in range(5000):
         a.observe_request(c)
     assert (time.perf_counter() - t0) / 5000 < 100e-6
+
+
+def _spawn_cfg(tmp: str, pools: str) -> str:
+    return f"""
+auth: {{mode: none}}
+store: "memory://"
+engines:
+  port_range: [21000, 21999]
+  log_dir: {tmp}/logs
+  restart_backoff_initial: 0.2
+pools:
+{pools}
+"""
+
+
+SIM_POOL = """  m:
+    engine: sim
+    model: /models/sim
+    args: [--ttft-ms, "1", --itl-ms, "1"]
+    startup_timeout: 30
+"""
+
+
+def _restarts(gw: GatewayServer) -> dict[str, float]:
+    text = httpx.get(gw.url + "/metrics").text
+    return {
+        s.labels["backend"]: s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "gateway_backend_restarts_total"
+    }
+
+
+# Regression (issue #11): the supervisor counted restarts where /metrics never looked.
+def test_killed_engine_shows_a_restart_in_metrics(tmp_path: Path) -> None:
+    with GatewayServer(_spawn_cfg(str(tmp_path), SIM_POOL)) as gw:
+        assert gw.call(lambda: gw.state.supervisor.wait_ready(30))
+        [row] = [r for r in gw.state.supervisor.status() if r["source"] == "spawned"]
+        assert _restarts(gw) == {row["id"]: 0.0}
+        os.kill(row["pid"], signal.SIGKILL)
+
+        def restarted() -> bool:
+            [r] = [r for r in gw.state.supervisor.status() if r["source"] == "spawned"]
+            return r["state"] == "ready" and r["restarts"] == 1
+
+        assert wait_until(restarted, 20)
+        assert _restarts(gw) == {row["id"]: 1.0}

@@ -19,8 +19,9 @@ from gateway.config import ConfigError
 from gateway.engines.supervisor import Supervisor
 from gateway.reload import reload
 from gateway.routing.backend import BackendState
-from tests.engines.util import make_state, pid_gone, run, until
-from tests.gw import ADMIN_KEY, CLIENT_KEY, GatewayServer, auth_yaml, wait_until
+
+from .engines.util import make_state, pid_gone, run, until
+from .gw import ADMIN_KEY, CLIENT_KEY, GatewayServer, auth_yaml, wait_until
 
 S = BackendState
 
@@ -311,3 +312,39 @@ def test_endpoint_added_by_reload_is_sent_the_name_it_serves(tmp_path: Path) -> 
             r = c.chat.completions.create(model="m", messages=msgs, max_tokens=2)  # type: ignore[arg-type]
             assert r.model == "m" and r.choices[0].message.content
             assert b.metrics()["vllm:request_success_total"] == 1
+
+
+# Regression (issue #11): spawn_engines=False lived on the app; reload read a side channel.
+def test_reload_keeps_spawn_engines_off(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(_spawn_cfg(str(tmp_path), '  m: {endpoints: ["http://127.0.0.1:9/v1"]}\n'))
+    with GatewayServer(path.read_text(), spawn_engines=False, config_path=str(path)) as gw:
+        assert gw.state.supervisor is None
+        path.write_text(_spawn_cfg(str(tmp_path), _SPAWN_POOL))
+        summary: dict[str, Any] = gw.call(lambda: reload(gw.state))
+        assert "pool m" not in summary["added"]
+        # Engines stay off: the embedding process asked the gateway not to spawn any.
+        assert gw.state.supervisor is None
+
+
+def _spawn_cfg(tmp: str, pools: str) -> str:
+    return f"""
+auth: {{mode: none}}
+store: "memory://"
+engines:
+  port_range: [21000, 21999]
+  log_dir: {tmp}/logs
+  restart_backoff_initial: 0.2
+pools:
+{pools}
+"""
+
+
+_SPAWN_POOL = """  m:
+    engine: sim
+    model: /models/sim
+    args: [--ttft-ms, "1", --itl-ms, "1"]
+    startup_timeout: 30
+"""
+
+

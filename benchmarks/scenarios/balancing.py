@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks import loadgen, procs, workload
-from benchmarks.context import Bench
+from .. import loadgen, procs, workload
+from ..context import Bench
 
 ITLS_MS = (10, 15, 25, 40)
 BATCH = 8

@@ -46,8 +46,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from benchmarks import loadgen, procs
-from benchmarks.context import Bench
+from .. import loadgen, procs
+from ..context import Bench
 from gateway.sim.prefix_cache import render_chat
 from gateway.sim.testing import SimProcess
 

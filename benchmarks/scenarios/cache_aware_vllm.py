@@ -29,8 +29,8 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks import procs
-from benchmarks.scenarios.cache_aware import _post, words
+from .. import procs
+from .cache_aware import _post, words
 from gateway.engines.health import parse_gauges
 from gateway.sim.testing import free_port
 

@@ -1,6 +1,7 @@
 """Scenario 4, metering cost: the overhead scenario's c=32 points with metering off and on.
 
-Three gateways on the same engine (all pinned to the gateway CPU, measured one at a
+Three gateways on the same engine, otherwise as configured for the run (production by
+default: API key, metrics on) (all pinned to the gateway CPU, measured one at a
 time, points interleaved): metering disabled (memory store), metering to SQLite (a file
 in the run directory), metering to Redis (a throwaway redis-server on the client CPU).
 The ledger is checked afterwards: SQLite's row count against the requests served.
@@ -9,12 +10,13 @@ The ledger is checked afterwards: SQLite's row count against the requests served
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from typing import Any
 
-from benchmarks import loadgen, procs, workload
-from benchmarks.context import Bench
-from benchmarks.measure import Setup, point
-from benchmarks.scenarios.overhead import TOKENS, sim_args
+from .. import loadgen, procs, workload
+from ..context import Bench
+from ..measure import Setup, point
+from .overhead import TOKENS, sim_args
 
 CONCURRENCY = 32
 
@@ -34,7 +36,9 @@ def run(bench: Bench) -> dict[str, Any]:
     setup = Setup(window=bench.pick(1.0, 2.0), warmup=bench.pick(0.3, 0.5), reps=bench.pick(1, 3))
     msgs = workload.messages_for(TOKENS)
     modes = {"non-stream": False, "stream": True}
-    out: dict[str, Any] = {"setup": setup.__dict__, "concurrency": CONCURRENCY, "points": [], "notes": []}
+    headers = bench.subsystems.headers()
+    out: dict[str, Any] = {"setup": setup.__dict__, "concurrency": CONCURRENCY, "points": [], "notes": [],
+                           "subsystems": bench.subsystems.describe()}
     redis: procs.Redis | None = None
     if procs.Redis.available():
         redis = procs.Redis().start()
@@ -43,14 +47,13 @@ def run(bench: Bench) -> dict[str, Any]:
     try:
         with procs.sims([sim_args("bench", 0)]) as (sim,):
             pool = {"bench": {"endpoints": [sim.base_url], "max_concurrency": 4096}}
-            gws = {"off": procs.Gateway("metering-off", procs.gateway_yaml(pool), bench.placement),
-                   "sqlite": procs.Gateway("metering-sqlite", procs.gateway_yaml(pool, "sqlite:///usage.db", True),
-                                           bench.placement)}
+            # Everything else as configured for the run (production by default: key, metrics).
+            on, off = replace(bench.subsystems, metering=True), replace(bench.subsystems, metering=False)
+            gws = {"off": procs.subsystems_gateway("metering-off", pool, bench.placement, off),
+                   "sqlite": procs.subsystems_gateway("metering-sqlite", pool, bench.placement, on)}
             if redis is not None:
-                gws["redis"] = procs.Gateway("metering-redis", procs.gateway_yaml(pool, redis.url, True),
-                                             bench.placement)
+                gws["redis"] = procs.subsystems_gateway("metering-redis", pool, bench.placement, on, store=redis.url)
             for g in gws.values():
-                (g.dir / "usage.db").unlink(missing_ok=True)
                 g.start()
             try:
                 served = dict.fromkeys(gws, 0)
@@ -59,7 +62,7 @@ def run(bench: Bench) -> dict[str, Any]:
                         body = workload.chat_body("bench", msgs, TOKENS, stream=stream)
                         for name, g in gws.items():
                             def raw_for(t: loadgen.Target, body: bytes = body) -> bytes:
-                                return loadgen.build_request(t, "/v1/chat/completions", body)
+                                return loadgen.build_request(t, "/v1/chat/completions", body, headers)
 
                             before = sim.state()["requests_total"]
                             r = bench.run(point([g.target], raw_for, CONCURRENCY, stream, setup, [g.pid], [sim.pid]))

@@ -3,7 +3,7 @@
 Same engines (ITL 10/15/25/40 ms, batch 8, FIFO beyond it), same workload generator and
 loads as scenario 3, but simulated, so many seeds run in seconds and the policies can be
 compared without machine noise. The policies are the gateway's own classes from
-`gateway.routing.policies`, fed `gateway.routing.pool.Backend` objects whose `observe()` runs on
+`gateway.routing.policies`, fed `gateway.routing.backend.Backend` objects whose `observe()` runs on
 every simulated completion, exactly as in the gateway. It also answers what cannot be
 measured cheaply: how much knowing the batch size is worth, what happens when it is
 inferred from live gauges (herding), and how far a non-clairvoyant policy can get
@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.context import Bench
-from benchmarks.loadgen import mean, percentile
-from benchmarks.scenarios.balancing import BATCH, ITLS_MS
 from gateway.routing.backend import Backend
 from gateway.routing.policies import make_balancer
 from gateway.routing.policies.speed_aware import REFERENCE_TOKENS, engine_capacity
+
+from ..context import Bench
+from ..loadgen import mean, percentile
+from .balancing import BATCH, ITLS_MS
 
 Policy = Callable[[list[Backend], tuple[int, int], float], Backend]
 

@@ -4,16 +4,17 @@ Modes: non-stream; stream (16 tokens + usage) from an engine with ITL 0, which w
 the whole answer in one or two TCP writes; and stream from an engine with ITL 1 ms,
 which writes each event on its own, like a real engine (the gateway then relays ~20
 separate events per request). Concurrency 1, 32, 128 (the paced stream at 32 and 128).
-Direct and gateway points alternate, and every point is repeated.
+Direct and gateway points alternate, and every point is repeated. The gateway runs in
+the production configuration unless `--off`/`--no-prod` says otherwise (`bench.subsystems`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from benchmarks import loadgen, procs, workload
-from benchmarks.context import Bench
-from benchmarks.measure import Setup, point
+from .. import loadgen, procs, workload
+from ..context import Bench
+from ..measure import Setup, point
 
 TOKENS = 16
 MODES: list[tuple[str, str, bool, tuple[int, ...]]] = [
@@ -35,11 +36,12 @@ def run(bench: Bench) -> dict[str, Any]:
     points: list[dict[str, Any]] = []
     with procs.sims([sim_args("bench", 0), sim_args("paced", 1)]) as (zero, paced):
         sims = {"bench": zero, "paced": paced}
-        yaml = procs.gateway_yaml({
+        pools = {
             "bench": {"endpoints": [zero.base_url], "max_concurrency": 4096},
             "paced": {"endpoints": [paced.base_url], "max_concurrency": 4096},
-        })
-        with procs.Gateway("overhead", yaml, bench.placement) as gw:
+        }
+        headers = bench.subsystems.headers()
+        with procs.subsystems_gateway("overhead", pools, bench.placement, bench.subsystems) as gw:
             rss_idle = procs.rss_mb(gw.pid)[0]
             for rep in range(setup.reps):
                 for label, model, stream, concs in MODES:
@@ -49,7 +51,7 @@ def run(bench: Bench) -> dict[str, Any]:
                             body = bodies[(model, stream)]
 
                             def raw_for(t: loadgen.Target, body: bytes = body) -> bytes:
-                                return loadgen.build_request(t, "/v1/chat/completions", body)
+                                return loadgen.build_request(t, "/v1/chat/completions", body, headers)
 
                             server = [gw.pid] if via == "gateway" else []
                             r = bench.run(point([target], raw_for, c, stream, setup, server, [sim.pid]))
@@ -59,6 +61,6 @@ def run(bench: Bench) -> dict[str, Any]:
                                       f"p50 {r['lat_p50_ms']:.2f} ms cpu {r['server_cpu_us'] or 0:.0f} us "
                                       f"err {r['errors']}")
             rss, peak = procs.rss_mb(gw.pid)
-    return {"setup": setup.__dict__, "tokens": TOKENS, "points": points,
+    return {"setup": setup.__dict__, "tokens": TOKENS, "points": points, "subsystems": bench.subsystems.describe(),
             "rss_idle_mb": rss_idle, "rss_end_mb": rss, "rss_peak_mb": peak,
             "events_expected": TOKENS + 4}

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks import loadgen, procs, workload
-from benchmarks.context import Bench
-from benchmarks.measure import Setup, point
-from benchmarks.scenarios.overhead import TOKENS, sim_args
+from .. import loadgen, procs, workload
+from ..context import Bench
+from ..measure import Setup, point
+from .overhead import TOKENS, sim_args
 
 CONCURRENCY = 32
 
@@ -34,8 +34,8 @@ def component(frame: str) -> str:
     path = m.group(1) if m else ""
     if "asyncio/runners.py" in path:
         return "event loop (uvloop C code: I/O, polling, callbacks)"
-    if path.startswith("gateway/httpclient.py"):
-        return "gateway/httpclient.py (client to engines)"
+    if path.startswith("gateway/proxy/client.py"):
+        return "gateway/proxy/client.py (client to engines)"
     if path.startswith("gateway/"):
         return path
     for lib in ("aiohttp", "uvicorn", "prometheus_client", "asyncio", "multidict", "yarl"):
@@ -44,9 +44,19 @@ def component(frame: str) -> str:
     return "other" if path else "no Python frame (GC, C extensions)"
 
 
+# Frames every sample of a thread has (process entry, the event loop's run call, a
+# thread's bootstrap): left out of the inclusive tables, where they would only say 100%.
+ENTRY = re.compile(r"^(<module>|main \(gateway/cli|_cmd_serve |serve \(gateway/server|Server\.(run|serve|_serve) |"
+                   r"asyncio_run |Runner\.run |Thread\.(run|_bootstrap|_bootstrap_inner) )")
+
+
 def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
     by_component: collections.Counter[str] = collections.Counter()
     by_function: collections.Counter[str] = collections.Counter()
+    # Inclusive: a frame (or component) counts once per sample if it is anywhere on the
+    # stack, so a layer's whole cost shows (uvicorn's ASGI cycle, the proxy's relay...).
+    incl_component: collections.Counter[str] = collections.Counter()
+    incl_function: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -54,11 +64,18 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
             continue
         n = int(count)
         total += n
-        leaf = stack.split(";")[-1]
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        leaf = frames[-1]
         by_component[component(leaf)] += n
-        by_function[re.sub(r":\d+\)$", ")", leaf)] += n
+        by_function[leaf] += n
+        inner = {f for f in frames if not ENTRY.search(f)}
+        for c in {component(f) for f in inner}:
+            incl_component[c] += n
+        for f in inner:
+            incl_function[f] += n
     pct = (lambda c: [(k, 100.0 * v / total) for k, v in c.most_common(top)]) if total else (lambda c: [])
-    return {"samples": total, "components": pct(by_component), "functions": pct(by_function)}
+    return {"samples": total, "components": pct(by_component), "functions": pct(by_function),
+            "inclusive_components": pct(incl_component), "inclusive_functions": pct(incl_function)}
 
 
 def run(bench: Bench) -> dict[str, Any]:
@@ -67,11 +84,13 @@ def run(bench: Bench) -> dict[str, Any]:
         return {"skipped": "py-spy is not installed"}
     seconds = bench.pick(2, 8)
     msgs = workload.messages_for(TOKENS)
-    out: dict[str, Any] = {"seconds": seconds, "concurrency": CONCURRENCY, "profiles": {}}
+    out: dict[str, Any] = {"seconds": seconds, "concurrency": CONCURRENCY, "profiles": {},
+                           "subsystems": bench.subsystems.describe()}
     with procs.sims([sim_args("bench", 0), sim_args("paced", 1)]) as (zero, paced):
-        yaml = procs.gateway_yaml({"bench": {"endpoints": [zero.base_url], "max_concurrency": 4096},
-                                   "paced": {"endpoints": [paced.base_url], "max_concurrency": 4096}})
-        with procs.Gateway("profile", yaml, bench.placement) as gw:
+        pools = {"bench": {"endpoints": [zero.base_url], "max_concurrency": 4096},
+                 "paced": {"endpoints": [paced.base_url], "max_concurrency": 4096}}
+        headers = bench.subsystems.headers()
+        with procs.subsystems_gateway("profile", pools, bench.placement, bench.subsystems) as gw:
             for label, model, stream, sim in (("non-stream", "bench", False, zero),
                                               ("stream, 1 write per event", "paced", True, paced)):
                 body = workload.chat_body(model, msgs, TOKENS, stream=stream)
@@ -82,7 +101,7 @@ def run(bench: Bench) -> dict[str, Any]:
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
                 def raw_for(t: loadgen.Target, body: bytes = body) -> bytes:
-                    return loadgen.build_request(t, "/v1/chat/completions", body)
+                    return loadgen.build_request(t, "/v1/chat/completions", body, headers)
 
                 r = bench.run(point([gw.target], raw_for, CONCURRENCY, stream, Setup(seconds - 1.0, 0.5, 1), [gw.pid],
                                     [sim.pid]))

@@ -12,9 +12,9 @@ import asyncio
 import time
 from typing import Any
 
-from benchmarks import loadgen, procs, workload
-from benchmarks.context import Bench
-from benchmarks.measure import Setup, point
+from .. import loadgen, procs, workload
+from ..context import Bench
+from ..measure import Setup, point
 
 STREAMS = 1000
 TOKENS = 100
@@ -32,16 +32,17 @@ def run(bench: Bench) -> dict[str, Any]:
     per_sim = STREAMS // SIMS + 64
     args = ["--served-model-name", "streams", "--ttft-ms", "20", "--itl-ms", str(ITL_MS), "--max-num-seqs",
             str(per_sim)]
-    out: dict[str, Any] = {"streams": STREAMS, "tokens": TOKENS, "itl_ms": ITL_MS, "window_s": window, "sims": SIMS}
+    out: dict[str, Any] = {"streams": STREAMS, "tokens": TOKENS, "itl_ms": ITL_MS, "window_s": window, "sims": SIMS,
+                           "subsystems": bench.subsystems.describe()}
 
     def raw_for(t: loadgen.Target) -> bytes:
-        return loadgen.build_request(t, "/v1/chat/completions", body)
+        return loadgen.build_request(t, "/v1/chat/completions", body, bench.subsystems.headers())
 
     with procs.sims([args] * SIMS) as sims:
         sim_pids = [s.pid for s in sims]
-        yaml = procs.gateway_yaml({"streams": {"endpoints": [s.base_url for s in sims], "max_concurrency": per_sim,
-                                               "queue": "{max_size: 4096}"}})
-        with procs.Gateway("streams", yaml, bench.placement) as gw:
+        pools = {"streams": {"endpoints": [s.base_url for s in sims], "max_concurrency": per_sim,
+                             "queue": "{max_size: 4096}"}}
+        with procs.subsystems_gateway("streams", pools, bench.placement, bench.subsystems) as gw:
             out["rss_idle_mb"] = procs.rss_mb(gw.pid)[0]
             samples: list[tuple[float, float, int]] = []
 
@@ -70,7 +71,8 @@ def run(bench: Bench) -> dict[str, Any]:
             # The same load on the aiohttp fallback client, for a shorter window: what the
             # gateway's own client saves at this load.
             args = ["--upstream", "aiohttp"]
-            with procs.Gateway("streams-aiohttp", yaml, bench.placement, launcher="bench", launch_args=args) as gw:
+            with procs.subsystems_gateway("streams-aiohttp", pools, bench.placement, bench.subsystems,
+                                          launch_args=args) as gw:
                 bench.log(f"streams: {STREAMS} streams through the gateway with {' '.join(args)}")
                 r = bench.run(point([gw.target], raw_for, STREAMS, True, Setup(15.0, warmup, 1), [gw.pid], sim_pids,
                                     ramp=ramp))

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks import loadgen, procs, workload
-from benchmarks.context import Bench
-from benchmarks.measure import Setup, point
-from benchmarks.scenarios.overhead import TOKENS, sim_args
+from .. import loadgen, procs, workload
+from ..context import Bench
+from ..measure import Setup, point
+from .overhead import TOKENS, sim_args
 
 CONCURRENCY = 32
 # (name, launcher arguments, modes to measure, what it tests, the variant it is compared with)

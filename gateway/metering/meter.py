@@ -30,7 +30,7 @@ class Meter:
     ) -> None:
         """A meter over an open store. Its flush task starts with `start_writer()` (inside a loop)."""
         self.store = store
-        self.writer = Writer(store, buffer_max, flush_interval, on_resolved=self._on_resolved)
+        self.writer = Writer(store, buffer_max, flush_interval, on_estimated=self._on_estimated)
         self.enabled = enabled
         # Tokens of records the gateway had to estimate, by (pool, key): the metrics
         # collector adds them to the token counters (the hot path only sees engine usage).
@@ -65,7 +65,7 @@ class Meter:
                     "could not build the usage record of request %s", getattr(ctx, "request_id", "?")
                 )
 
-    def _on_resolved(self, records: list[UsageRecord]) -> None:
+    def _on_estimated(self, records: list[UsageRecord]) -> None:
         for r in records:
             if r.estimated:
                 acc = self.estimated_tokens.setdefault((r.pool or "_none", r.key or "_none"), [0, 0])

@@ -3,7 +3,7 @@
 Building a record on the request path must cost next to nothing, so `from_context(ctx,
 lazy=True)` only copies scalars and keeps references to the body and the delivered
 events; the tokenizing (when the engine reported no usage) happens later in
-`resolve()`, which the meter's flush task runs in a worker thread.
+`finish_estimate()`, which the meter's flush task runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ FIELDS = (
 
 @dataclass
 class _Pending:
-    """What an estimate needs; dropped once resolved so the body can be freed."""
+    """What an estimate needs; dropped once estimated so the body can be freed."""
 
     endpoint: str
     body: dict[str, Any] | None
@@ -70,10 +70,10 @@ class UsageRecord:
     _pending: _Pending | None = field(default=None, repr=False, compare=False)
 
     @property
-    def resolved(self) -> bool:
+    def estimate_done(self) -> bool:
         return self._pending is None
 
-    def resolve(self) -> UsageRecord:
+    def finish_estimate(self) -> UsageRecord:
         """Fill in estimated tokens (CPU: tokenizes). Idempotent; returns self."""
         p = self._pending
         if p is None:
@@ -121,7 +121,7 @@ def _int(v: Any) -> int:
 
 
 def from_context(ctx: RequestContext, lazy: bool = False) -> UsageRecord:
-    """The record of a finished request. With `lazy`, an estimate is deferred to `resolve()`."""
+    """The record of a finished request. With `lazy`, an estimate is deferred to `finish_estimate()`."""
     rec = UsageRecord(
         ts=ctx.started_wall,
         request_id=ctx.request_id,
@@ -144,6 +144,6 @@ def from_context(ctx: RequestContext, lazy: bool = False) -> UsageRecord:
         rec.estimated = True
         rec._pending = _Pending(ctx.endpoint, ctx.body, ctx.delivered, ctx.delivered_dropped)
         if not lazy:
-            rec.resolve()
+            rec.finish_estimate()
     # Never dispatched (auth, limits, unknown model, queue full): no tokens were used.
     return rec

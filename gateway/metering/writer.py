@@ -10,7 +10,7 @@ The buffer is bounded (`buffer_max` records, counting the batch in flight). When
 the oldest record is dropped, counted in `dropped` (exported as
 `gateway_usage_records_dropped_total`) and logged (at most every 10 s).
 
-Records whose tokens must be estimated are resolved here, in a worker thread, right
+Records whose tokens must be estimated are estimated here, in a worker thread, right
 before they are written.
 """
 
@@ -40,7 +40,7 @@ class Writer:
         buffer_max: int,
         flush_interval: float,
         batch_max: int = 5000,
-        on_resolved: Callable[[list[UsageRecord]], None] | None = None,
+        on_estimated: Callable[[list[UsageRecord]], None] | None = None,
     ) -> None:
         self.store = store
         self.buffer_max = buffer_max
@@ -48,7 +48,7 @@ class Writer:
         # A batch is at most a quarter of the buffer, so a full buffer always has
         # records outside the batch in flight to drop.
         self.batch_max = max(1, min(batch_max, buffer_max // 4))
-        self.on_resolved = on_resolved
+        self.on_estimated = on_estimated
         self.dropped = 0
         self.written = 0
         self.failures = 0  # failed write attempts
@@ -131,15 +131,15 @@ class Writer:
         batch = list(self._batch)
         self._inflight = True
         try:
-            fresh = [r for r in batch if not r.resolved]
+            fresh = [r for r in batch if not r.estimate_done]
             if fresh:
                 # Tokenizing a long stream is CPU work: keep it off the event loop.
-                await asyncio.to_thread(_resolve_all, fresh)
-                if self.on_resolved is not None:
+                await asyncio.to_thread(_estimate_all, fresh)
+                if self.on_estimated is not None:
                     try:
-                        self.on_resolved(fresh)
+                        self.on_estimated(fresh)
                     except Exception:
-                        log.exception("usage on_resolved hook failed")
+                        log.exception("usage on_estimated hook failed")
             await self.store.write(batch, self._batch_id)
         except Exception as e:
             self._store_failed(e)
@@ -204,6 +204,6 @@ class Writer:
         return lost
 
 
-def _resolve_all(records: list[UsageRecord]) -> None:
+def _estimate_all(records: list[UsageRecord]) -> None:
     for r in records:
-        r.resolve()
+        r.finish_estimate()

@@ -17,22 +17,52 @@ from typing import Any
 import orjson
 
 from gateway.sim import textgen
+from gateway.sim.anthropic import MessagesApi
+from gateway.sim.audio import AudioApi
 from gateway.sim.config import SimConfig
 from gateway.sim.dev_routes import dev_routes
-from gateway.sim.errors import ApiError, bad_request, error_body
+from gateway.sim.errors import ApiError, error_body, not_supported
 from gateway.sim.generate import Generation
 from gateway.sim.http import Connection, Request
+from gateway.sim.pooling import PoolingApi
 from gateway.sim.protocol import parse_chat, parse_completion, parse_embedding
+from gateway.sim.responses import ResponsesApi
 from gateway.sim.state import SimState
+from gateway.sim.tokenize import TokenizeApi
 
 Endpoint = Callable[[Request, Connection], Awaitable[None]]
 _DEV_PATHS = frozenset(("/sleep", "/wake_up", "/is_sleeping", "/reset_prefix_cache"))
+
+# vLLM's AuthenticationMiddleware guards these prefixes only (GUARDED_PREFIX; /inference and
+# /cohere are not simulated): /rerank, /score, /tokenize, /detokenize stay open with --api-key.
+GUARDED = ("/v1/", "/v2/")
+OPEN_API = frozenset({"/rerank", "/score", "/tokenize", "/detokenize"})
 
 
 class SimApp:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.st = SimState.create(cfg)
+        self.responses = ResponsesApi(self.st)
+        messages = MessagesApi(self.st)
+        pooling = PoolingApi(self.st)
+        tok = TokenizeApi(self.st)
+        audio = AudioApi(self.st)
+
+        def inference(run: Endpoint) -> Endpoint:
+            async def endpoint(req: Request, conn: Connection) -> None:
+                await self._inference(req, conn, run)
+            return endpoint
+
+        def plain(run: Endpoint) -> Endpoint:
+            async def endpoint(req: Request, conn: Connection) -> None:
+                try:
+                    await run(req, conn)
+                except ApiError as exc:
+                    conn.send(exc.status, exc.body())
+            return endpoint
+
+        rerank, score = inference(pooling.rerank), inference(pooling.score)
         self.routes: dict[str, dict[str, Endpoint]] = {
             "/health": {"GET": self.health},
             "/ping": {"GET": self.health, "POST": self.health},
@@ -42,6 +72,13 @@ class SimApp:
             "/v1/chat/completions": {"POST": self.chat},
             "/v1/completions": {"POST": self.completions},
             "/v1/embeddings": {"POST": self.embeddings},
+            "/v1/responses": {"POST": inference(self.responses.create)},
+            "/v1/messages": {"POST": inference(messages.create)},
+            "/v1/messages/count_tokens": {"POST": messages.count_tokens},
+            "/rerank": {"POST": rerank}, "/v1/rerank": {"POST": rerank}, "/v2/rerank": {"POST": rerank},
+            "/score": {"POST": score}, "/v1/score": {"POST": score},
+            "/tokenize": {"POST": plain(tok.tokenize)}, "/detokenize": {"POST": plain(tok.detokenize)},
+            "/v1/audio/transcriptions": {"POST": inference(audio.transcriptions)},
             "/sim/faults": {"GET": self.get_faults, "POST": self.set_faults},
             "/sim/state": {"GET": self.state},
         }
@@ -49,7 +86,7 @@ class SimApp:
             self.routes.update(dev_routes(self.st))
 
     async def handle(self, req: Request, conn: Connection) -> None:
-        methods = self.routes.get(req.path)
+        methods = self.routes.get(req.path) or self.responses.route(req.path)
         if methods is None:
             conn.send(404, b'{"detail":"Not Found"}')
             return
@@ -61,18 +98,19 @@ class SimApp:
         if req.path in _DEV_PATHS and not self.st.is_ready():  # vLLM's server is not up yet; no auth on them
             conn.send(503, error_body(503, "The model is still loading; retry later."))
             return
-        if req.path.startswith("/v1/"):
-            gate = self._gate(req)
+        if req.path.startswith(GUARDED) or req.path in OPEN_API:
+            gate = self._gate(req, guarded=req.path.startswith(GUARDED))
             if gate is not None:
                 conn.send(gate[0], gate[1])
                 return
         await endpoint(req, conn)
 
-    def _gate(self, req: Request) -> tuple[int, bytes] | None:
+    def _gate(self, req: Request, guarded: bool = True) -> tuple[int, bytes] | None:
         if not self.st.is_ready():
             return 503, error_body(503, "The model is still loading; retry later.")
         key = self.cfg.api_key
-        if key is not None and req.headers.get("authorization") != "Bearer " + key:
+        if guarded and key is not None and req.headers.get("authorization") != "Bearer " + key and not (
+                self.cfg.accept_x_api_key and req.headers.get("x-api-key") == key):
             return 401, b'{"error":"Unauthorized"}'  # vLLM's auth middleware answers exactly this
         forced = req.headers.get("x-sim-force-status")
         if forced is not None and forced.isdigit() and 400 <= int(forced) <= 599:
@@ -159,13 +197,13 @@ class SimApp:
         await self._inference(req, conn, self._embeddings)
 
     async def _chat(self, req: Request, conn: Connection) -> None:
-        if self.cfg.embedding:
-            raise bad_request("The model does not support Chat Completions API")
+        if self.cfg.is_pooling:
+            raise not_supported("Chat Completions API")
         await self._generate(parse_chat(req.body, self.cfg), req, conn)
 
     async def _completions(self, req: Request, conn: Connection) -> None:
-        if self.cfg.embedding:
-            raise bad_request("The model does not support Completions API")
+        if self.cfg.is_pooling:
+            raise not_supported("Completions API")
         await self._generate(parse_completion(req.body, self.cfg), req, conn)
 
     async def _generate(self, greq: Any, req: Request, conn: Connection) -> None:
@@ -179,7 +217,7 @@ class SimApp:
     async def _embeddings(self, req: Request, conn: Connection) -> None:
         cfg, st = self.cfg, self.st
         if not cfg.embedding:
-            raise bad_request("The model does not support Embeddings API")
+            raise not_supported("Embeddings API")
         ereq = parse_embedding(req.body, cfg)
         self._maybe_fail()
         loop = asyncio.get_running_loop()

@@ -13,6 +13,8 @@ from gateway.sim.sleep import SleepConfig
 REASONING_MODES = ("none", "field", "think-tags", "r1")
 REASONING_FIELDS = ("reasoning", "reasoning_content", "both")
 TOOL_CALL_MODES = ("text", "always")
+RUNNERS = ("generate", "pooling")  # vLLM's --runner (minus auto/draft)
+CONVERTS = ("none", "embed", "classify")  # vLLM's --convert for pooling: embed model / cross-encoder
 
 
 @dataclass
@@ -74,6 +76,10 @@ class SimConfig:
     seed: int = 0
     api_key: str | None = None
     output_tokens: int = 64
+    score: bool = False  # --runner pooling --convert classify: a cross-encoder (rerank/score only)
+    transcription: bool = False  # a Whisper-like model: /v1/audio/transcriptions
+    responses_store: bool = False  # vLLM's VLLM_ENABLE_RESPONSES_API_STORE=1
+    accept_x_api_key: bool = False  # also take `x-api-key: KEY` (open vLLM PRs #51588/#51675)
     faults: Faults = field(default_factory=Faults)
     kv: KvConfig = field(default_factory=KvConfig)
     sleep: SleepConfig = field(default_factory=SleepConfig)
@@ -81,6 +87,11 @@ class SimConfig:
     def __post_init__(self) -> None:
         if not self.model:
             self.model = self.served_model_names[0]
+
+    @property
+    def is_pooling(self) -> bool:
+        """A pooling model (embedding or cross-encoder): no text generation routes."""
+        return self.embedding or self.score
 
     @property
     def model_name(self) -> str:
@@ -141,6 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens generated when a request gives no max_tokens (finish_reason stop); "
                    "0 = the deterministic natural length (8..200 tokens)")
     m.add_argument("--embedding", action="store_true", help="serve as an embedding model (/v1/embeddings only)")
+    m.add_argument("--runner", choices=RUNNERS, default="generate",
+                   help="pooling: serve a pooling model; with --convert embed it is --embedding")
+    m.add_argument("--convert", choices=CONVERTS, default="none",
+                   help="with --runner pooling: embed (embeddings; score/rerank by cosine) or classify "
+                   "(a cross-encoder: /rerank, /v1/rerank, /v2/rerank, /score, /v1/score only)")
+    m.add_argument("--transcription", action="store_true",
+                   help="serve as a speech-to-text model (/v1/audio/transcriptions)")
+    m.add_argument("--responses-store", action="store_true",
+                   help="keep /v1/responses results for GET /v1/responses/{id} and previous_response_id "
+                   "(vLLM: VLLM_ENABLE_RESPONSES_API_STORE=1)")
+    m.add_argument("--accept-x-api-key", action="store_true",
+                   help="with --api-key, also accept `x-api-key: KEY` (Anthropic clients); vLLM up to at "
+                   "least 0.26 accepts only `Authorization: Bearer`")
     m.add_argument("--embedding-dim", type=_positive_int, default=384, help="embedding vector size")
     m.add_argument("--reasoning", choices=REASONING_MODES, default="none",
                    help="field: reasoning in a delta/message field; think-tags: <think>R</think>\\n\\nA in "
@@ -204,6 +228,12 @@ def config_from_args(argv: list[str] | None = None) -> SimConfig:
         })
     except ValueError as exc:
         parser.error(str(exc))
+    if a.runner == "pooling" and a.convert == "none":
+        parser.error("--runner pooling needs --convert embed or --convert classify")
+    if a.runner != "pooling" and a.convert != "none":
+        parser.error("--convert needs --runner pooling")
+    if a.transcription and (a.embedding or a.runner == "pooling"):
+        parser.error("--transcription is a generative model; it cannot be a pooling model too")
     return SimConfig(
         host=a.host,
         port=a.port,
@@ -217,7 +247,11 @@ def config_from_args(argv: list[str] | None = None) -> SimConfig:
         prefill_ms_per_token=a.prefill_ms_per_token,
         batch_slowdown=a.batch_slowdown,
         startup_seconds=a.startup_seconds,
-        embedding=a.embedding,
+        embedding=a.embedding or a.convert == "embed",
+        score=a.convert == "classify",
+        transcription=a.transcription,
+        responses_store=a.responses_store,
+        accept_x_api_key=a.accept_x_api_key,
         embedding_dim=a.embedding_dim,
         reasoning=a.reasoning,
         reasoning_field=a.reasoning_field,

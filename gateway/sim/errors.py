@@ -54,3 +54,10 @@ def error_body(status: int, message: str, type_: str | None = None, param: str |
 
 def bad_request(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, "BadRequestError", param)
+
+
+def not_supported(api: str) -> ApiError:
+    """A route the served model has no handler for. vLLM 0.32's routers raise
+    NotImplementedError("The model does not support <API>"), which its exception handler
+    renders as 501 NotImplementedError (serve/exception_handling/error_response.py)."""
+    return ApiError(501, f"The model does not support {api}", "NotImplementedError")

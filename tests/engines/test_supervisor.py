@@ -15,7 +15,8 @@ import httpx
 from gateway.engines.supervisor import Supervisor
 from gateway.routing.backend import BackendState
 from gateway.server.admin import build_admin_app
-from tests.engines.util import FAKE_ENGINE, environ_of, make_state, pid_gone, run, until
+
+from .util import FAKE_ENGINE, environ_of, make_state, pid_gone, run, until
 
 S = BackendState
 

@@ -114,7 +114,8 @@ pools:
             cut.append(raw)
         with pytest.raises(openai.NotFoundError):
             c.chat.completions.create(model="nope", messages=msgs)
-        assert stall.wait_for(lambda m: m.get("vllm:num_requests_running", 1) == 0) >= 0
+        stall.wait_for(lambda m: m.get("vllm:num_requests_running", 1) == 0)  # raises on timeout
+        assert stall.metrics()["vllm:num_requests_running"] == 0
 
         _flush(gw, requests=4 + 1 + 3 + 2 + 2 + 32 + 3 + 1)
         rows = _usage(gw.url)

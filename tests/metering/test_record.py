@@ -11,7 +11,7 @@ def test_engine_usage_is_taken_as_is() -> None:
     rec = from_context(ctx(usage=usage(12, 30), user="u1", stream=True, first_byte_at=None))
     assert (rec.prompt_tokens, rec.completion_tokens, rec.total_tokens) == (12, 30, 42)
     assert (rec.key, rec.pool, rec.model, rec.backend, rec.user) == ("alice", "chat", "chat", "chat/b0", "u1")
-    assert rec.estimated is False and rec.resolved and rec.stream is True
+    assert rec.estimated is False and rec.estimate_done and rec.stream is True
 
 
 def test_cut_short_stream_is_estimated_lazily() -> None:
@@ -19,8 +19,8 @@ def test_cut_short_stream_is_estimated_lazily() -> None:
     c = ctx(body={"model": "chat", "messages": msgs}, stream=True,
             delivered=[chunk([{"index": 0, "delta": {"content": " once upon"}}])], error="client disconnected")
     rec = from_context(c, lazy=True)
-    assert rec.estimated and not rec.resolved and rec.total_tokens == 0
-    rec.resolve()
+    assert rec.estimated and not rec.estimate_done and rec.total_tokens == 0
+    rec.finish_estimate()
     assert rec.prompt_tokens == tokens.count_chat_prompt(msgs)
     assert rec.completion_tokens == tokens.count_text(" once upon")
     assert rec.total_tokens == rec.prompt_tokens + rec.completion_tokens and rec.estimated

@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from gateway.proxy.bodyedit import strip_reasoning_from_request
+from gateway.proxy.bodyedit import (
+    strip_reasoning_from_request,
+)
 from gateway.proxy.reasoning import (
     StreamSplitter,
     drain_chat_events,
@@ -442,3 +444,29 @@ def test_strip_reasoning_from_request() -> None:
     assert "reasoning" in req["messages"][0]
     assert strip_reasoning_from_request(req) is False
     assert strip_reasoning_from_request({"prompt": "x"}) is False
+
+
+_ENV = b'{"id":"chatcmpl-t","object":"chat.completion.chunk","created":1,"model":"m","choices":['
+
+
+TOOL_STREAM = [
+    b"data: "
+    + _ENV
+    + b'{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n',
+    b"data: "
+    + _ENV
+    + b'{"index":0,"delta":{"tool_calls":[{"id":"chatcmpl-tool-1","type":"function","index":0,'
+    b'"function":{"name":"get_weather"}}]},"logprobs":null,"finish_reason":null}]}\n\n',
+    b"data: " + _ENV + b'{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\"city\\": '
+    b'\\"</think> Paris\\"}"}}]},"logprobs":null,"finish_reason":null}]}\n\n',
+    b"data: " + _ENV + b'{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"tool_calls",'
+    b'"stop_reason":null}]}\n\n',
+]
+
+
+@pytest.mark.parametrize("mode", ["none", "passthrough", "deepseek_r1", "think_tags"])
+def test_tool_call_events_are_byte_identical(mode: str) -> None:
+    s = StreamSplitter(mode) if mode in ("deepseek_r1", "think_tags") else None
+    for ev in TOOL_STREAM:
+        assert rewrite_chat_event(ev, s, mode) is ev
+        ChatCompletionChunk.model_validate(orjson.loads(ev[6:]))

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
+import time
+from collections.abc import Iterator
+from typing import Any
 
-import orjson
+import openai
 import pytest
 
 from gateway import config
 from gateway.errors import GatewayError
-from gateway.keys.auth import KeyRing, bearer, hash_key
-from gateway.proxy.bodyedit import with_include_usage
-from gateway.proxy.headers import request_headers, response_headers
-from gateway.proxy.plan import replace_model
-from gateway.proxy.sse import EventFramer, body_usage, event_usage, is_usage_only
+from gateway.keys.auth import KeyRing, hash_key
 from gateway.routing.backend import Backend, BackendState
-from gateway.routing.policies import make_balancer
 from gateway.routing.pool import Pool
+from gateway.sim.testing import SimProcess
+from tests.gw import CLIENT_KEY, GatewayServer, auth_yaml, wait_until
 
 
 def ring() -> KeyRing:
@@ -27,83 +28,20 @@ def ring() -> KeyRing:
     return KeyRing.from_config(cfg)
 
 
-def test_keys_hashed_lookup_allowlist_admin() -> None:
-    r = ring()
-    assert r.lookup("sk-a") is not None and r.lookup("sk-a").name == "a"  # type: ignore[union-attr]
-    assert r.lookup("sk-b") is None and r.lookup(None) is None
-    k = r.lookup("sk-a")
-    assert k is not None and k.allows("qwen3-8b") and not k.allows("llama")
-    assert r.is_admin("adm") and not r.is_admin("sk-a")
-    assert bearer("Bearer x") == "x" and bearer("bearer  x ") == "x" and bearer("Basic x") is None
 
 
-def test_none_mode_serves_anonymous() -> None:
-    r = KeyRing.from_config(config.AuthConfig(mode="none"))
-    assert r.lookup(None) is not None and r.lookup("anything") is not None
 
 
-def test_framer_handles_any_split() -> None:
-    stream = b'data: {"a":1}\n\ndata: {"b":2}\n\ndata: [DONE]\n\n'
-    for cut in range(1, len(stream)):
-        f = EventFramer()
-        events = f.feed(stream[:cut]) + f.feed(stream[cut:])
-        assert b"".join(events) == stream
-        assert len(events) == 3
 
 
-def test_usage_detection_only_parses_usage_events() -> None:
-    assert event_usage(b'data: {"choices":[{"delta":{}}],"usage":null}\n\n') is None
-    ev = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}\n\n'
-    assert event_usage(ev) == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
-    assert is_usage_only(ev)
-    body = b'{"choices":[{"message":{"content":"\\"usage\\": {x"}}],"usage":{"prompt_tokens":1,"prompt_tokens_details":{"cached_tokens":0}}}'
-    assert body_usage(body) == {"prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 0}}
 
 
-@pytest.mark.parametrize(
-    "raw",
-    [b'{"model":"m","stream":true}', b'  {"model":"m"}', b"{}", b'{"stream_options":{"include_usage":false},"model":"m"}'],
-)
-def test_include_usage_injection_keeps_the_rest(raw: bytes) -> None:
-    body = orjson.loads(raw)
-    out = orjson.loads(with_include_usage(raw, body))
-    assert out["stream_options"]["include_usage"] is True
-    assert {k: v for k, v in out.items() if k != "stream_options"} == {k: v for k, v in body.items() if k != "stream_options"}
 
 
-def test_request_headers_replace_key_and_drop_hop_by_hop() -> None:
-    client = [
-        (b"authorization", b"Bearer client-secret"),
-        (b"connection", b"keep-alive"),
-        (b"transfer-encoding", b"chunked"),
-        (b"content-length", b"10"),
-        (b"accept-encoding", b"gzip, deflate, br"),
-        (b"host", b"gw"),
-        (b"x-openwebui-user-id", b"u1"),
-    ]
-    h = request_headers(client, "req-1", "upstream-key")
-    assert h["authorization"] == "Bearer upstream-key"
-    assert h["accept-encoding"] == "identity"
-    assert h["x-request-id"] == "req-1"
-    assert h["x-openwebui-user-id"] == "u1"
-    for dropped in ("connection", "transfer-encoding", "content-length", "host"):
-        assert dropped not in h
-    assert "authorization" not in request_headers(client, "r", None)
 
 
-def test_response_headers_drop_framing() -> None:
-    out = dict(response_headers({"Content-Encoding": "gzip", "Transfer-Encoding": "chunked", "X-Engine": "v"}))
-    assert out == {b"x-engine": b"v"}
 
 
-def test_replace_model_only_touches_the_key() -> None:
-    ev = b'data: {"id":"x","model":"engine","choices":[{"delta":{"content":"\\"model\\":\\"no\\""}}]}\n\n'
-    out = replace_model(ev, b"alias")
-    assert orjson.loads(out[6:])["model"] == "alias"
-    assert orjson.loads(out[6:])["choices"][0]["delta"]["content"] == '"model":"no"'
-    assert replace_model(b'{"model": "e"}', b"a") == b'{"model": "a"}'
-    same = b'{"model":"a"}'
-    assert replace_model(same, b"a") is same
 
 
 def _pool(n: int, max_conc: int = 2, queue: int = 2, timeout: float = 0.3, balancer: str = "least_outstanding") -> Pool:
@@ -177,32 +115,53 @@ def test_cancelled_waiter_leaves_queue_and_leaks_nothing() -> None:
     asyncio.run(run())
 
 
-def test_balancers() -> None:
-    bs = [Backend(id=f"b{i}", pool="p", url="u", max_concurrency=4) for i in range(3)]
-    rr = make_balancer("round_robin")
-    assert [rr.choose(bs).id for _ in range(4)] == ["b0", "b1", "b2", "b0"]
-    lo = make_balancer("least_outstanding", seed=1)
-    bs[0].outstanding, bs[1].outstanding, bs[2].outstanding = 2, 1, 3
-    assert lo.choose(bs).id == "b1"
-    bs[1].engine_waiting = 5  # the engine's own queue counts too
-    assert lo.choose(bs).id == "b0"
-    rnd = make_balancer("random", seed=3)
-    assert {rnd.choose(bs).id for _ in range(50)} == {"b0", "b1", "b2"}
-    with pytest.raises(ValueError):
-        make_balancer("nope")
+_clients: list[openai.OpenAI] = []
 
 
-def test_event_usage_spaced_and_null() -> None:
-    assert event_usage(b'data: {"choices": [], "usage": {"prompt_tokens": 2}}\n\n') == {"prompt_tokens": 2}
-    assert event_usage(b'data: {"choices": [{"delta": {}}], "usage": null}\n\n') is None
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
 
 
-def test_observe_non_stream_does_not_invent_a_per_token_speed() -> None:
-    b = Backend(id="b", pool="p", url="u", max_concurrency=1)
-    b.observe(None, 2.0, 100)  # non-stream: 100 tokens in 2 s
-    assert b.ewma_tpot == pytest.approx(0.02) and b.ewma_ttft is None
-    b.observe(0.5, 1.5, 11)  # stream: 10 tokens after the first in 1 s
-    assert b.ewma_tpot == pytest.approx(0.8 * 0.02 + 0.2 * 0.1) and b.ewma_ttft == 0.5
+def client(gw: GatewayServer, key: str = CLIENT_KEY, **kw: Any) -> openai.OpenAI:
+    c = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, **kw)
+    _clients.append(c)
+    return c
+
+
+def test_pool_queue_holds_requests_then_429_when_full() -> None:
+    with SimProcess(["--served-model-name", "m", "--ttft-ms", "1", "--itl-ms", "30"]) as sim:
+        cfg = auth_yaml() + f"""
+store: "memory://"
+pools:
+  m: {{endpoints: [{sim.base_url}], max_concurrency: 1, queue: {{max_size: 1, timeout: 10}}}}
+"""
+        with GatewayServer(cfg) as gw:
+            c = client(gw)
+            pool = gw.state.pools["m"]
+
+            def one(_: int) -> str:
+                r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], max_tokens=10)
+                return r.choices[0].finish_reason
+
+            with cf.ThreadPoolExecutor(2) as ex:
+                first = ex.submit(one, 0)
+                assert wait_until(lambda: pool.outstanding == 1, 2)
+                second = ex.submit(one, 1)
+                assert wait_until(lambda: pool.queued == 1, 2)
+                # The engine never sees more than max_concurrency from us...
+                assert sim.metrics().get("vllm:num_requests_running", 0) <= 1
+                # ...and with the queue full, the next request is turned away at once.
+                t0 = time.monotonic()
+                with pytest.raises(openai.RateLimitError) as e:
+                    one(2)
+                assert time.monotonic() - t0 < 0.5
+                assert e.value.response.headers["retry-after"] == "1"
+                assert e.value.body["code"] == "pool_queue_full"  # type: ignore[index]
+                assert first.result(10) == "length" and second.result(10) == "length"
+            assert wait_until(lambda: pool.outstanding == 0 and pool.queued == 0, 1)
 
 
 class _Recorder:

@@ -76,6 +76,6 @@ def test_wrong_task_and_model(embed_sim: SimProcess) -> None:
     for path in ("/v1/chat/completions", "/v1/completions"):
         status, raw = embed_sim.request("POST", path, {"model": "emb", "prompt": "x",
                                                        "messages": [{"role": "user", "content": "x"}]})
-        assert status == 400 and "does not support" in json.loads(raw)["error"]["message"]
+        assert status == 501 and "does not support" in json.loads(raw)["error"]["message"]
     m = embed_sim.metrics()
     assert m["vllm:prompt_tokens_total"] > 0 and m["vllm:generation_tokens_total"] == 0

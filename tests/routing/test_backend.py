@@ -1,0 +1,15 @@
+"""Backend: routability and the speed estimates fed by finished requests."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.routing.backend import Backend
+
+
+def test_observe_non_stream_does_not_invent_a_per_token_speed() -> None:
+    b = Backend(id="b", pool="p", url="u", max_concurrency=1)
+    b.observe(None, 2.0, 100)  # non-stream: 100 tokens in 2 s
+    assert b.ewma_tpot == pytest.approx(0.02) and b.ewma_ttft is None
+    b.observe(0.5, 1.5, 11)  # stream: 10 tokens after the first in 1 s
+    assert b.ewma_tpot == pytest.approx(0.8 * 0.02 + 0.2 * 0.1) and b.ewma_ttft == 0.5

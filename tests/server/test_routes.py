@@ -1,0 +1,62 @@
+"""The route table: one typed entry per inference route, read by the app and the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.server.app import create_app
+from gateway.server.routes import ERROR_BODIES, ROUTES, Route, paths_for
+
+
+def test_table_is_keyed_by_path_and_entries_are_frozen() -> None:
+    assert list(ROUTES) == ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    for path, route in ROUTES.items():
+        assert route.path == path and route.upstream_path == path.removeprefix("/v1")
+        assert route.errors in ERROR_BODIES and route.kinds
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ROUTES["/v1/completions"].endpoint = "x"  # type: ignore[misc]
+    assert not ROUTES["/v1/embeddings"].streams and ROUTES["/v1/chat/completions"].streams
+
+
+def test_paths_for_each_pool_kind_follow_table_order() -> None:
+    assert paths_for("chat") == ["/v1/chat/completions", "/v1/completions"]
+    assert paths_for("embedding") == ["/v1/embeddings"]
+
+
+def _call(app: Any, method: str, path: str) -> tuple[int, dict[bytes, bytes], bytes]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(msg: dict[str, Any]) -> None:
+        sent.append(msg)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": []}
+    asyncio.run(app(scope, receive, send))
+    start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], dict(start["headers"]), body
+
+
+def test_app_dispatches_by_the_table_and_answers_405_with_allow() -> None:
+    app = create_app(GatewayConfig.model_validate(
+        {"store": "memory://", "auth": {"mode": "none"}, "pools": {"m": {"endpoints": ["http://127.0.0.1:9/v1"]}}}
+    ))  # fmt: skip
+    for path in ROUTES:
+        status, headers, body = _call(app, "GET", path)
+        assert status == 405 and headers[b"allow"] == b"POST"
+        assert orjson.loads(body)["error"]["code"] == "method_not_allowed"
+    # Not in the table: the small endpoints' 404, not the pipeline.
+    status, _, body = _call(app, "POST", "/v1/nothing")
+    assert status == 404 and orjson.loads(body)["error"]["code"] == "not_found"
+
+
+def test_a_route_is_one_entry() -> None:
+    r = Route("/v1/x", "x", "/x", frozenset({"chat"}))
+    assert (r.method, r.errors, r.streams) == ("POST", "openai", True)
