@@ -46,10 +46,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .. import loadgen, procs
-from ..context import Bench
 from gateway.sim.prefix_cache import render_chat
 from gateway.sim.testing import SimProcess
+
+from .. import loadgen, procs
+from ..context import Bench
 
 MODEL = "m"
 ENGINES = 4

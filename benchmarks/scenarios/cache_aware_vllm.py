@@ -29,10 +29,11 @@ from typing import Any
 
 import aiohttp
 
-from .. import procs
-from .cache_aware import _post, words
 from gateway.engines.health import parse_gauges
 from gateway.sim.testing import free_port
+
+from .. import procs
+from .cache_aware import _post, words
 
 CACHE = Path(os.environ.get("GATEWAY_CACHE", Path.home() / ".cache" / "gateway"))
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
