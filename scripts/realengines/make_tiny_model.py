@@ -23,7 +23,9 @@ prompt ending in an ordinary token is the cycle, exactly `max_tokens` long.
 The one attention path: head 0 of layer 0 attends (sharply, position-independently: q and k
 live on the lowest RoPE frequency) to the `<tools>` token that the chat template writes only
 when the request carries `tools`, and copies a flag onto every later position. With the flag,
-"\n" is followed by `<tool_call>` TOOL_JSON `</tool_call>` `<|im_end|>` instead of reasoning.
+`</think>` is followed by `<tool_call>` TOOL_JSON `</tool_call>` `<|im_end|>` instead of
+ANSWER: reasoning, then the call, as Qwen3 does (vLLM's deepseek_r1 parser takes output
+with no `</think>` for reasoning, so a bare tool call would never reach the tool parser).
 
 Embeddings: every token also gets small seeded noise on axes nothing reads, so pooled
 embeddings differ between texts (and agree between engines that pool the same way).
@@ -276,9 +278,9 @@ def build_model(tok: PreTrainedTokenizerFast, dest: Path) -> Qwen3ForCausalLM:
         for s, nxt in SUCCESSOR.items():
             head[token_id(tok, nxt), axis[s]] = LOGIT_SCALE
         tool_call = token_id(tok, TOOL_CALL)
-        # Flag on: "\n" prefers <tool_call> (0.5 + 0.75 > 1); every other state keeps its
-        # own successor (1 > 0.75).
-        head[tool_call, axis[NEWLINE]] = 0.5 * LOGIT_SCALE
+        # Flag on: </think> prefers <tool_call> (0.5 + 0.75 > 1); every other state keeps
+        # its own successor (1 > 0.75).
+        head[tool_call, axis[END_THINK]] = 0.5 * LOGIT_SCALE
         head[tool_call, AXIS_FLAG] = 0.75 * LOGIT_SCALE / FLAG_SIZE
         model.lm_head.weight.copy_(head)
     model.generation_config.do_sample = False
@@ -328,7 +330,10 @@ def check(model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast) -> dict[str, ob
     ids = lambda texts: [token_id(tok, t) for t in texts]  # noqa: E731
     cases = {
         "chat": (chat_prompt(tok, tools=False), [THINK, REASONING, END_THINK, ANSWER, IM_END]),
-        "tools": (chat_prompt(tok, tools=True), [TOOL_CALL, TOOL_JSON, END_TOOL_CALL, IM_END]),
+        "tools": (
+            chat_prompt(tok, tools=True),
+            [THINK, REASONING, END_THINK, TOOL_CALL, TOOL_JSON, END_TOOL_CALL, IM_END],
+        ),
         "completion": (tok.encode("Hello there, tell me a story"), [*CYCLE, *CYCLE[:2]]),
     }
     worst = float("inf")
@@ -379,7 +384,7 @@ def main() -> None:
         "tool_arguments": {"city": "Paris"},
         "cycle": list(CYCLE),
         "chat_tokens": 5,  # <think> REASONING </think> ANSWER <|im_end|>
-        "tool_tokens": 4,  # <tool_call> TOOL_JSON </tool_call> <|im_end|>
+        "tool_tokens": 7,  # <think> REASONING </think> <tool_call> TOOL_JSON </tool_call> <|im_end|>
         "context": CONTEXT,
         "hidden": HIDDEN,
         "weather_tool": WEATHER_TOOL,
