@@ -3,10 +3,14 @@
 Every test here carries the `realengine` marker (`pytest -m "not realengine"` is the fast
 tier). Engine processes are shared by the whole session: vLLM takes over a minute to
 start, so the gateway below spawns each engine once and the tests take turns on it.
+
+For quick loops on one engine: `REALENGINES_ONLY=vllm` (or `llamacpp`) spawns only that
+engine's pools and skips the other's tests.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +25,26 @@ CHAT_POOLS = (VLLM_CHAT, LLAMA_CHAT)
 EMBED_POOLS = (VLLM_EMBED, LLAMA_EMBED)
 ALIAS = {VLLM_CHAT: "tiny-vllm", LLAMA_CHAT: "tiny-llama"}
 LLAMA_REPLICAS = 2
+ENGINE_OF = {VLLM_CHAT: "vllm", VLLM_EMBED: "vllm", LLAMA_CHAT: "llamacpp", LLAMA_EMBED: "llamacpp"}
+
+
+def enabled(pool: str) -> bool:
+    only = os.environ.get("REALENGINES_ONLY")
+    return not only or ENGINE_OF[pool] == only
+
+
+def require(*pools: str) -> None:
+    for pool in pools:
+        if not enabled(pool):
+            pytest.skip(f"REALENGINES_ONLY={os.environ.get('REALENGINES_ONLY')}: {pool} is not spawned")
+
+
+@pytest.fixture(autouse=True)
+def _only_enabled_pools(request: pytest.FixtureRequest) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    pool = callspec.params.get("pool") if callspec is not None else None
+    if pool is not None:
+        require(pool)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -36,7 +60,7 @@ def engines() -> RealEngines:
 
 
 def pools(engines: RealEngines) -> dict[str, object]:
-    return {
+    every: dict[str, object] = {
         VLLM_CHAT: vllm_pool(
             engines,
             ["--reasoning-parser", "deepseek_r1", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"],
@@ -45,7 +69,7 @@ def pools(engines: RealEngines) -> dict[str, object]:
         ),
         VLLM_EMBED: vllm_pool(
             engines,
-            ["--runner", "pooling", "--convert", "embed", "--pooler-config", '{"pooling_type": "MEAN"}'],
+            ["--runner", "pooling", "--convert", "embed", "--pooler-config", '{"seq_pooling_type": "MEAN"}'],
             kind="embedding",
         ),
         LLAMA_CHAT: llamacpp_pool(
@@ -57,6 +81,7 @@ def pools(engines: RealEngines) -> dict[str, object]:
         ),
         LLAMA_EMBED: llamacpp_pool(engines, ["--embeddings", "--pooling", "mean"], kind="embedding"),
     }
+    return {name: spec for name, spec in every.items() if enabled(name)}
 
 
 @pytest.fixture(scope="session")

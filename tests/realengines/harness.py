@@ -67,7 +67,12 @@ class RealEngines:
 
 
 def ensure_installed(timeout: float = 3600) -> RealEngines:
-    """Run the project's own installer (seconds when warm) and read what it produced."""
+    """Run the project's own installer (seconds when warm) and read what it produced.
+
+    REALENGINES_SKIP_SETUP=1 uses the env file as it is (a setup already running elsewhere).
+    """
+    if os.environ.get("REALENGINES_SKIP_SETUP") == "1":
+        return RealEngines.load()
     script = REPO / "scripts" / "realengines" / "setup.sh"
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import CHAT_POOLS, LLAMA_CHAT, VLLM_CHAT
+from .conftest import CHAT_POOLS, LLAMA_CHAT, VLLM_CHAT, require
 from .harness import CLIENT_KEY, Gateway
 
 LONG_PROMPT = "hello " * 3000  # > the 1024-token context of both engines' tiny model
@@ -48,6 +48,7 @@ def test_over_long_prompt_is_a_400(gateway: Gateway, pool: str, stream: bool) ->
 
 
 def test_vllm_max_tokens_over_context_is_a_400(gateway: Gateway) -> None:
+    require(VLLM_CHAT)
     r = post(gateway, "/chat/completions", {
         "model": VLLM_CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000,
     })
@@ -78,6 +79,7 @@ def test_unknown_model_is_a_404(gateway: Gateway) -> None:
 
 def test_llamacpp_chat_pool_without_embeddings(gateway: Gateway) -> None:
     """Embeddings sent to a chat pool are refused with an OpenAI-shaped 4xx."""
+    require(LLAMA_CHAT)
     r = post(gateway, "/embeddings", {"model": LLAMA_CHAT, "input": "hi"})
     assert 400 <= r.status_code < 500
     assert_openai_error(r, r.status_code)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from openai import APIError, OpenAI
 
-from .conftest import CHAT_POOLS, LLAMA_CHAT, LLAMA_REPLICAS, VLLM_CHAT
+from .conftest import CHAT_POOLS, LLAMA_CHAT, LLAMA_REPLICAS, VLLM_CHAT, require
 from .harness import CLIENT_KEY, Gateway, engine_metrics, wait_for
 
 RUNNING = {VLLM_CHAT: "vllm:num_requests_running", LLAMA_CHAT: "llamacpp:requests_processing"}
@@ -51,13 +51,22 @@ def test_disconnect_frees_the_engine_slot(gateway: Gateway, pool: str) -> None:
         for _ in range(3):
             next(events)
         assert running(gateway, pool) == 1  # the witness works: the request is on the engine
-    t0 = time.monotonic()
-    assert wait_for(lambda: running(gateway, pool) == 0, 1.0, 0.05), "engine still generating 1 s after disconnect"
-    assert time.monotonic() - t0 <= 1.0
+    gone = time.monotonic()
+    # A scrape of a loaded engine can itself take a while: what counts is that a scrape
+    # started within 1 s of the disconnect already reads 0.
+    readings: list[tuple[float, float]] = []
+    while time.monotonic() - gone < 1.0:
+        started = time.monotonic() - gone
+        readings.append((started, running(gateway, pool)))
+        if readings[-1][1] == 0:
+            break
+        time.sleep(0.05)
+    assert readings[-1][1] == 0, f"engine still generating 1 s after the client left: {readings}"
 
 
 def test_balancing_sees_traffic_the_gateway_did_not_send(gateway: Gateway, client: OpenAI) -> None:
     """Fill one llama.cpp replica directly; the gateway must read its gauges and avoid it."""
+    require(LLAMA_CHAT)
     urls = engine_urls(gateway, LLAMA_CHAT)
     assert len(urls) == LLAMA_REPLICAS
     busy_id, busy = sorted(urls.items())[0]
@@ -102,6 +111,7 @@ def test_sigkill_mid_stream(gateway: Gateway, client: OpenAI, pool: str) -> None
 
 
 def test_hot_reload_adds_a_replica_without_failing_a_request(gateway: Gateway, client: OpenAI) -> None:
+    require(LLAMA_CHAT)
     failures: list[BaseException] = []
     served = 0
     stop = threading.Event()

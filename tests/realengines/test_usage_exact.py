@@ -5,6 +5,10 @@ tokens served from its cache apart: `llamacpp:prompt_tokens_total` +
 `llamacpp:prompt_tokens_cached_total` / `llamacpp:tokens_predicted_total`. Each test
 compares the deltas over its own requests (tests run one at a time; nothing else talks
 to these engines).
+
+`n` > 1 is left out on purpose: vLLM counts the prompt once per sequence in
+`vllm:prompt_tokens_total` (n=2 adds 2 x prompt), while `usage.prompt_tokens` (what OpenAI
+bills and the ledger records) counts it once.
 """
 
 from __future__ import annotations
@@ -66,7 +70,6 @@ def test_ledger_equals_engine_counters(client: OpenAI, gateway: Gateway, engines
     def traffic() -> None:
         client.chat.completions.create(model=pool, messages=QUESTION, max_tokens=32)
         list(client.chat.completions.create(model=pool, messages=QUESTION, max_tokens=32, stream=True))
-        client.chat.completions.create(model=pool, messages=QUESTION, max_tokens=32, n=2)
         list(client.completions.create(model=pool, prompt="Hello there", max_tokens=7, stream=True))
         client.completions.create(model=pool, prompt="Good morning to you", max_tokens=5)
         client.chat.completions.create(model=pool, messages=QUESTION, tools=[tool], max_tokens=32)
@@ -88,7 +91,9 @@ def test_ledger_equals_engine_counters(client: OpenAI, gateway: Gateway, engines
 )
 def test_ledger_of_a_cut_short_stream(gateway: Gateway, pool: str) -> None:
     def traffic() -> None:
-        body = {"model": pool, "prompt": "Tell me a long story about the weather in Paris",
+        # Words the tiny model's tokenizer splits very differently from cl100k, so an
+        # estimate with the wrong tokenizer shows.
+        body = {"model": pool, "prompt": "Quixotic zephyrs jinx pterodactyls, xylophonist!",
                 "max_tokens": 400, "stream": True}
         with httpx.Client(timeout=60) as c, c.stream(
             "POST", gateway.base_url + "/completions", json=body,
