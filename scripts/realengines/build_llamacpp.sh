@@ -26,7 +26,7 @@ if [ ! -d "$DIR/src" ]; then
 fi
 cmake -S "$DIR/src" -B "$DIR/build" -G Ninja \
   -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-  -DLLAMA_OPENSSL=OFF -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF \
+  -DLLAMA_OPENSSL=OFF -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF >"$DIR/cmake.log" 2>&1 || { cat "$DIR/cmake.log" >&2; exit 1; }
 cmake --build "$DIR/build" --target llama-server -j "$JOBS" >"$DIR/build.log" 2>&1 \
   || { tail -50 "$DIR/build.log" >&2; exit 1; }

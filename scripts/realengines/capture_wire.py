@@ -139,8 +139,9 @@ def run(client: httpx.Client, case: Case, key: str | None) -> str:
     return "\n".join(out) + "\n"
 
 
-def metric_names(client: httpx.Client) -> str:
-    text = client.get("/metrics").text
+def metric_names(client: httpx.Client, key: str | None) -> str:
+    # llama-server guards /metrics with its --api-key too (vLLM does not).
+    text = client.get("/metrics", headers={"Authorization": f"Bearer {key}"} if key else {}).text
     names = sorted({line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")})
     prefix = {n.split(":")[0] for n in names if ":" in n}
     keep = [n for n in names if ":" in n and not n.endswith(("_created",))]
@@ -163,7 +164,7 @@ def main() -> None:
             if case.name == "error wrong api key" and not args.api_key:
                 continue
             parts.append(run(client, case, args.api_key))
-        parts.append(metric_names(client))
+        parts.append(metric_names(client, args.api_key))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(parts))
 

@@ -117,7 +117,7 @@ def llamacpp_pool(engines: RealEngines, args: list[str], **extra: Any) -> dict[s
         "engine": "llamacpp",
         "command": [engines.llama_server],
         "model": engines.model_gguf,
-        "args": ["--threads", "1", "--ctx-size", "8192", *args],
+        "args": ["--threads", "1", "--ctx-size", "65536", *args],
         "startup_timeout": 120,
         "health": {"interval": 1, "metrics_interval": 0.5},
         **extra,

@@ -111,6 +111,20 @@ def test_completion_exact_length(client: OpenAI, engines: RealEngines, pool: str
     assert choice.text == cycle_text(engines, 6)
     assert choice.finish_reason == "length"
     assert r.usage is not None and r.usage.completion_tokens == 6
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        VLLM_CHAT,
+        pytest.param(LLAMA_CHAT, marks=pytest.mark.xfail(
+            strict=True,
+            reason="llama.cpp reports the usage of ONE choice when n > 1 (3 tokens for 2 x 3); the "
+            "gateway passes it on and meters it, so the ledger under-counts what the engine generated",
+        )),
+    ],
+)
+def test_completion_n2_usage_counts_both_choices(client: OpenAI, engines: RealEngines, pool: str) -> None:
     r2 = client.completions.create(model=pool, prompt="Hello there", max_tokens=3, n=2)
     assert [c.text for c in sorted(r2.choices, key=lambda c: c.index)] == [cycle_text(engines, 3)] * 2
     assert r2.usage is not None and r2.usage.completion_tokens == 6

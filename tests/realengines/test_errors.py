@@ -14,8 +14,8 @@ import pytest
 from .conftest import CHAT_POOLS, LLAMA_CHAT, VLLM_CHAT, require
 from .harness import CLIENT_KEY, Gateway
 
-# More tokens than vLLM's 1024-token context and than a llama.cpp slot (8192 / 2 slots).
-LONG_PROMPT = "hello " * 5000
+# More tokens than vLLM's 1024-token context and than a llama.cpp slot (65536 / 2 slots).
+LONG_PROMPT = "hello " * 40000
 
 
 def post(gw: Gateway, path: str, body: dict[str, Any] | None = None, raw: bytes | None = None) -> httpx.Response:

@@ -21,7 +21,7 @@ from .conftest import CHAT_POOLS, LLAMA_CHAT, LLAMA_REPLICAS, VLLM_CHAT, require
 from .harness import CLIENT_KEY, Gateway, engine_metrics, wait_for
 
 RUNNING = {VLLM_CHAT: "vllm:num_requests_running", LLAMA_CHAT: "llamacpp:requests_processing"}
-LONG = {VLLM_CHAT: 900, LLAMA_CHAT: 3000}  # tokens: seconds of generation on either engine
+LONG = {VLLM_CHAT: 900, LLAMA_CHAT: 30000}  # tokens: seconds of generation on either engine
 
 
 def engine_urls(gw: Gateway, pool: str) -> dict[str, str]:
