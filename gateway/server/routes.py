@@ -46,6 +46,8 @@ class Route:
     stream: StreamDialect = dialects.OPENAI
     # Also take the client's key from Anthropic's `x-api-key` header (SDKs send it).
     x_api_key: bool = False
+    # A path with `{id}`: names a stored object, not a model (`proxy/lookup.py` serves it).
+    by_id: bool = False
 
 
 def _routes(*routes: Route) -> dict[str, Route]:
@@ -82,6 +84,28 @@ ROUTES: dict[str, Route] = _routes(
     Route("/v1/audio/transcriptions", "transcriptions", "/audio/transcriptions", TRANSCRIPTION,
           body="multipart", usage=usage.TRANSCRIPTION, stream=dialects.OPENAI_NO_INJECT),
 )  # fmt: skip
+
+
+# Routes whose path holds an id: matched by prefix and suffix, after the exact table.
+ID_ROUTES: tuple[Route, ...] = (
+    Route("/v1/responses/{id}/cancel", "responses_cancel", "/responses", CHAT, streams=False,
+          usage=usage.NO_TOKENS, by_id=True),
+    Route("/v1/responses/{id}", "responses_retrieve", "/responses", CHAT, streams=False, method="GET",
+          usage=usage.NO_TOKENS, by_id=True),
+)  # fmt: skip
+
+
+def find_route(path: str) -> Route | None:
+    """The route serving `path`: an exact entry, else an id route whose shape it has."""
+    route = ROUTES.get(path)
+    if route is not None:
+        return route
+    for r in ID_ROUTES:
+        prefix, _, suffix = r.path.partition("{id}")
+        if path.startswith(prefix) and path.endswith(suffix) and len(path) > len(prefix) + len(suffix):
+            if "/" not in path[len(prefix) : len(path) - len(suffix)]:
+                return r
+    return None
 
 
 def paths_for(kind: PoolKind) -> list[str]:

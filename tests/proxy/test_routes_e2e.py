@@ -130,10 +130,24 @@ def test_responses_stream_is_relayed_as_typed_events_without_done(cluster: dict[
     assert b"[DONE]" not in raw and b"engine-chat" not in raw
 
 
-def test_responses_retrieve_is_not_routed(cluster: dict[str, Any]) -> None:
-    # Stored responses live in one engine process; the gateway does not route by response id.
-    r = httpx.get(cluster["gw"].base_url + "/responses/resp_x", headers=CLIENT)
-    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+def test_responses_retrieve_and_cancel_find_the_engine_that_stored_it(cluster: dict[str, Any]) -> None:
+    gw = cluster["gw"]
+    with oai(gw) as c:
+        r = c.responses.create(model="chat", input="remember me", max_output_tokens=12)
+        got = c.responses.retrieve(r.id)
+        assert got.id == r.id and got.output_text == r.output_text and got.model == "chat"
+        with pytest.raises(openai.BadRequestError) as e:  # vLLM: a finished response cannot be cancelled
+            c.responses.cancel(r.id)
+        assert set(e.value.body) == {"message", "type", "param", "code"}  # type: ignore[arg-type]
+        with pytest.raises(openai.NotFoundError) as nf:
+            c.responses.retrieve("resp_doesnotexist")
+        assert nf.value.body["param"] == "response_id"  # type: ignore[index]
+    r2 = httpx.get(gw.base_url + f"/responses/{r.id}")
+    assert r2.status_code == 401 and r2.json()["error"]["code"] == "invalid_api_key"
+    r2 = httpx.delete(gw.base_url + f"/responses/{r.id}", headers=CLIENT)
+    assert r2.status_code == 405
+    r2 = httpx.get(gw.base_url + "/responses/bad%20id", headers=CLIENT)
+    assert r2.status_code == 400
 
 
 def test_responses_errors_are_openai_shaped(cluster: dict[str, Any]) -> None:

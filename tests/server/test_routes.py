@@ -86,3 +86,14 @@ def test_app_dispatches_by_the_table_and_answers_405_with_allow() -> None:
 def test_a_route_is_one_entry() -> None:
     r = Route("/v1/x", "x", "/x", frozenset({"chat"}))
     assert (r.method, r.errors, r.streams) == ("POST", "openai", True)
+
+
+def test_id_routes_match_by_shape_after_the_exact_table() -> None:
+    from gateway.server.routes import ID_ROUTES, find_route
+
+    retrieve, cancel = (r for r in sorted(ID_ROUTES, key=lambda r: r.path))
+    assert find_route("/v1/responses") is ROUTES["/v1/responses"]
+    assert find_route("/v1/responses/resp_1") is retrieve and retrieve.method == "GET" and retrieve.by_id
+    assert find_route("/v1/responses/resp_1/cancel") is cancel and cancel.method == "POST"
+    assert find_route("/v1/responses/") is None and find_route("/v1/responses/a/b") is None
+    assert find_route("/v1/responses//cancel") is None and find_route("/v1/nothing") is None
