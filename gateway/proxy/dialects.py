@@ -56,7 +56,13 @@ def _responses_ends(event: bytes) -> bool:
 def _responses_error(message: str, last: bytes | None) -> bytes:
     m = _SEQ.search(last) if last else None
     seq = int(m.group(1)) + 1 if m else 0
-    data = {"type": "error", "code": "upstream_error", "message": message, "param": None, "sequence_number": seq}
+    data = {
+        "type": "error",
+        "code": "upstream_error",
+        "message": message,
+        "param": None,
+        "sequence_number": seq,
+    }
     return b"event: error\ndata: " + orjson.dumps(data) + b"\n\n"
 
 

@@ -39,7 +39,9 @@ def object_id(route: Route, path: str) -> str:
 
 
 async def handle(state: GatewayState, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
-    ctx = RequestContext(request_id=header(scope, b"x-request-id") or new_request_id(), endpoint=route.endpoint)
+    ctx = RequestContext(
+        request_id=header(scope, b"x-request-id") or new_request_id(), endpoint=route.endpoint
+    )
     try:
         ctx.key = authenticate(state, scope, route)
         await read_body(scope, receive, _MAX_BODY)
@@ -61,7 +63,9 @@ async def handle(state: GatewayState, route: Route, scope: Scope, receive: Recei
         await finish(state, ctx)
 
 
-async def _ask_backends(state: GatewayState, ctx: RequestContext, route: Route, oid: str) -> tuple[int, bytes, str]:
+async def _ask_backends(
+    state: GatewayState, ctx: RequestContext, route: Route, oid: str
+) -> tuple[int, bytes, str]:
     assert state.http is not None and ctx.key is not None
     suffix = route.path.partition("{id}")[2]
     unreachable = 0
@@ -93,6 +97,9 @@ async def _ask_backends(state: GatewayState, ctx: RequestContext, route: Route, 
                 raise GatewayError(status, f"backend answered {status}", "upstream_error", raw_body=body)
             return status, replace_model(body, pool.name.encode()), ctype
     if unreachable:
-        raise GatewayError(502, f"Response {oid!r} not found; {unreachable} backend(s) could not be asked.",
-                           "upstream_unreachable")
+        raise GatewayError(
+            502,
+            f"Response {oid!r} not found; {unreachable} backend(s) could not be asked.",
+            "upstream_unreachable",
+        )
     raise GatewayError(404, f"Response with id '{oid}' not found.", "not_found", "response_id")

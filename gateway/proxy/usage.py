@@ -83,7 +83,11 @@ def responses_usage(u: Any) -> Usage | None:
 
 
 # Terminal events of a Responses stream carry the whole response object, usage included.
-RESPONSES_FINAL_EVENTS = (b"event: response.completed", b"event: response.incomplete", b"event: response.failed")
+RESPONSES_FINAL_EVENTS = (
+    b"event: response.completed",
+    b"event: response.incomplete",
+    b"event: response.failed",
+)
 
 
 def _responses_body(body: bytes) -> Usage | None:
