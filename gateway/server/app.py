@@ -91,7 +91,8 @@ class GatewayApp:
             await _error(send, e)
 
     def _key_for_listing(self, scope: Scope) -> Any:
-        key = self.state.keyring.lookup(bearer(header(scope, b"authorization")))
+        # Anthropic SDKs list models with `x-api-key`, like they call /v1/messages.
+        key = self.state.keyring.lookup(bearer(header(scope, b"authorization")) or header(scope, b"x-api-key"))
         if key is None:
             raise invalid_api_key()
         return key

@@ -235,6 +235,13 @@ def test_messages_errors_are_anthropic_shaped(cluster: dict[str, Any]) -> None:
         assert body["type"] == "error" and body["error"]["type"] == kind and body["error"]["message"], body
 
 
+def test_models_list_takes_x_api_key_and_shows_every_kind(cluster: dict[str, Any]) -> None:
+    r = httpx.get(cluster["gw"].base_url + "/models", headers={"x-api-key": CLIENT_KEY})
+    assert r.status_code == 200 and {m["id"] for m in r.json()["data"]} == {"chat", "rerank", "asr", "only-this"}
+    r = httpx.get(cluster["gw"].base_url + "/models", headers={"x-api-key": "nope"})
+    assert r.status_code == 401
+
+
 # --- disconnects and engine failures mid-stream -----------------------------------------------
 
 
