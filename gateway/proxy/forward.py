@@ -17,9 +17,10 @@ import time
 import aiohttp
 
 from ..context import RequestContext
-from ..errors import GatewayError, sse_error_event
+from ..errors import GatewayError
 from ..routing.backend import Backend
 from ..routing.pool import Pool
+from ..routing.request import Completion, completion_from_usage
 from ..server.exchange import Exchange, RawHeaders
 from . import sse
 from .bodyedit import request_for_backend
@@ -45,16 +46,15 @@ async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContex
     """Forward and relay; raises GatewayError only while nothing has been sent to the client."""
     tried: set[Backend] = set()
     last_error: GatewayError | None = None
+    request = pool.route_request(ctx.endpoint, plan.parsed)
     for attempt in range(pool.cfg.retries + 1):
-        backend = await pool.acquire(frozenset(tried))
+        backend = await pool.acquire(request, frozenset(tried))
         ctx.backend = backend
         ctx.attempts = attempt + 1
         try:
             retry = await _attempt(session, pool, backend, ctx, plan, out)
         finally:
-            pool.release(backend)
-            if ctx.completed:
-                _observe(backend, ctx)
+            pool.release(backend, request, _completion(ctx) if answered(ctx) else None)
         if retry is None:
             return
         tried.add(backend)
@@ -65,21 +65,18 @@ async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContex
     raise last_error
 
 
-@functools.lru_cache(maxsize=256)
-def _client_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
-    # A pool's timeouts are fixed at config load; building the (attrs, validated) object
-    # per request was measurable on the hot path. Immutable, so one is shared.
-    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+def answered(ctx: RequestContext) -> bool:
+    """An answer came back from this attempt (complete or cut short)."""
+    return ctx.upstream_started is not None and ctx.first_byte_at is not None
 
 
-def _observe(backend: Backend, ctx: RequestContext) -> None:
-    """Balancer feedback: a completed answer's timing feeds the backend's speed estimates."""
-    if ctx.upstream_started is None or ctx.first_byte_at is None:
-        return
-    out = ctx.usage.get("completion_tokens", 0) if ctx.usage else 0
+def _completion(ctx: RequestContext) -> Completion:
+    """Balancer feedback: how the answer went (timing feeds the speed estimates, usage the
+    prefix-cache figures)."""
+    assert ctx.upstream_started is not None and ctx.first_byte_at is not None
     # A non-stream answer's first byte is its last: it says nothing about time to first token.
     ttft = ctx.first_byte_at - ctx.upstream_started if ctx.stream else None
-    backend.observe(ttft, time.monotonic() - ctx.upstream_started, int(out or 0))
+    return completion_from_usage(ctx.completed, ctx.usage, ttft, time.monotonic() - ctx.upstream_started)
 
 
 async def _attempt(
@@ -88,13 +85,15 @@ async def _attempt(
     """One try on one backend. Returns an error worth retrying elsewhere, or None when done."""
     t = pool.cfg.timeouts
     timeout = _client_timeout(t.connect, t.stream_idle if ctx.stream else t.first_byte)
-    headers = request_headers(plan.client_headers, ctx.request_id, backend.api_key)
-    body = request_for_backend(plan.body, plan.parsed, backend.served_model or plan.served_default)
+    headers = request_headers(plan.client_headers, ctx.request_id, backend.api_key, plan.content_type)
+    served = backend.served_model or plan.served_default
+    body = plan.retarget(served) if plan.retarget is not None else request_for_backend(plan.body, plan.parsed, served)
+    url = (_root_url(backend.url) if plan.upstream_root else backend.url) + plan.path
     started = time.monotonic()
     if ctx.upstream_started is None:
         ctx.upstream_started = started
     try:
-        async with session.post(backend.url + plan.path, data=body, headers=headers, timeout=timeout) as resp:
+        async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
             if resp.status >= 400:
                 body = await resp.read()
                 ctx.upstream_time += time.monotonic() - started
@@ -123,6 +122,18 @@ async def _attempt(
         ) from None
 
 
+@functools.lru_cache(maxsize=256)
+def _client_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    # A pool's timeouts are fixed at config load; building the (attrs, validated) object
+    # per request was measurable on the hot path. Immutable, so one is shared.
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+
+
+def _root_url(base: str) -> str:
+    """The engine's root URL from its base URL (`http://h:p/v1` -> `http://h:p`)."""
+    return base[:-3] if base.endswith("/v1") else base
+
+
 def _upstream_error(plan: Plan, status: int, body: bytes, content_type: str | None) -> GatewayError:
     if plan.rewrite_error is not None:
         status, body = plan.rewrite_error(status, body, content_type)
@@ -134,7 +145,7 @@ async def _relay_body(
 ) -> None:
     body = await resp.read()
     ctx.upstream_time += time.monotonic() - started
-    ctx.usage = sse.body_usage(body)
+    ctx.usage = plan.body_usage(body)
     if plan.rewrite_body is not None:
         body = plan.rewrite_body(body)
     ctx.keep_delivered(body)
@@ -159,7 +170,10 @@ async def _relay_stream(
         headers.extend(plan.extra_headers)
     framer = sse.EventFramer()
     rewrite = plan.rewrite_event
+    event_usage = plan.event_usage
+    ends = plan.stream_ends  # typed-event streams (Responses, Messages) end on an event, not [DONE]
     keep = ctx.keep_delivered
+    last: bytes | None = None
 
     async def start() -> None:
         ctx.status = resp.status
@@ -178,8 +192,8 @@ async def _relay_stream(
                         if held:
                             keep(held)
                             events.append(held)
-                elif ev.startswith(b"data:"):
-                    usage = sse.event_usage(ev)
+                elif ev.startswith(b"data:") or ev.startswith(b"event:"):
+                    usage = event_usage(ev)
                     if usage is not None:
                         ctx.usage = usage
                         if plan.strip_usage and sse.is_usage_only(ev):
@@ -190,6 +204,9 @@ async def _relay_stream(
                             continue
                         ev = new
                     keep(ev)
+                    if ends is not None and ends(ev):
+                        ctx.completed = True
+                    last = ev
                 events.append(ev)
             if not events:
                 continue
@@ -198,7 +215,8 @@ async def _relay_stream(
             await out.write(events[0] if len(events) == 1 else b"".join(events))
         if not ctx.completed:
             partial = " (partial event dropped)" if framer.rest() else ""
-            raise aiohttp.ClientPayloadError("stream ended without [DONE]" + partial)
+            end = "its final event" if ends is not None else "[DONE]"
+            raise aiohttp.ClientPayloadError(f"stream ended without {end}{partial}")
     except (aiohttp.ClientError, TimeoutError) as e:
         # The engine died, stalled past stream_idle, or cut the stream: end it cleanly
         # with an error event the SDKs understand, never a hang.
@@ -209,7 +227,7 @@ async def _relay_stream(
             msg = f"The backend failed mid-stream: {ctx.error}"
         if ctx.first_byte_at is None:
             await start()
-        await out.end(sse_error_event(msg))
+        await out.end(plan.stream_error(msg, last))
         ctx.upstream_time += time.monotonic() - started
         return
     ctx.upstream_time += time.monotonic() - started

@@ -29,10 +29,21 @@ from ..server.asgi import encode_headers
 from ..server.exchange import ClientDisconnected, Exchange
 from ..server.routes import ERROR_BODIES, Route, paths_for
 from ..state import GatewayState
+from . import multipart
 from .forward import forward
-from .plan import make_plan
+from .plan import Form, Plan, make_plan
 
 log = logging.getLogger("gateway.inference")
+
+
+# A multipart form's fields the pipeline reads (model routing, streaming, the user).
+_FORM_FIELDS = ("model", "stream", "user")
+_KIND_NAMES = {
+    "chat": "a chat/completion model",
+    "embedding": "an embedding model",
+    "rerank": "a rerank/score model",
+    "transcription": "a transcription model",
+}
 
 
 async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
@@ -42,16 +53,18 @@ async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
     try:
         if state.draining:
             raise GatewayError(503, "The gateway is shutting down.", "shutting_down", headers={"retry-after": "1"})
-        ctx.key = authenticate(state, ex)
+        ctx.key = authenticate(state, ex, route)
         raw = await ex.body(state.config.server.max_body_bytes)
-        body = parse_body(raw)
+        form = parse_form(ex, raw) if route.body == "multipart" else None
+        body = form.body if form is not None else parse_body(raw)
         pool = resolve(state, ctx.key, body, route)
         describe(ctx, ex, pool, body, route)
         if state.limiter is not None:
             ctx.admission = await state.limiter.admit(ctx.key, ctx)
             limit_headers = state.limiter.headers(ctx.admission)
         plan = make_plan(
-            ctx, pool, raw, body, route.upstream_path, ex.headers, encode_headers(limit_headers) or None
+            ctx, pool, raw, body, route.upstream_path, ex.headers, encode_headers(limit_headers) or None,
+            route=route, form=form,
         )
         assert state.http is not None
         stopped = await ex.run(forward(state.http, pool, ctx, plan, ex))
@@ -60,7 +73,7 @@ async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
             if ctx.status == 0:
                 ctx.status = 499
         elif stopped == "shutdown":
-            await _end_for_shutdown(ctx, ex)
+            await _end_for_shutdown(ctx, ex, route, plan)
     except GatewayError as e:
         ctx.error = ctx.error or e.message
         if ctx.status == 0:
@@ -76,30 +89,33 @@ async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
         await finish(state, ctx)
 
 
-async def _end_for_shutdown(ctx: RequestContext, ex: Exchange) -> None:
+async def _end_for_shutdown(ctx: RequestContext, ex: Exchange, route: Route, plan: Plan) -> None:
     """The drain period is over and this request is still running: end it properly.
 
-    A stream that started gets an error event and `data: [DONE]` (SDKs raise a clear
-    error instead of a truncated body); one that had not started gets a 503.
+    A stream that started gets its dialect's error event (OpenAI's: `code:
+    shutting_down`, then `data: [DONE]`), so SDKs raise a clear error instead of reading
+    a truncated body; one that had not started gets a 503.
     """
     ctx.error = "cut short: the gateway is shutting down"
     msg = "The gateway is shutting down; this response was cut short."
     if ctx.first_byte_at is not None:
         if ctx.stream:
-            await ex.end(sse_error_event(msg, code="shutting_down"))
+            openai = route.stream.name == "openai"
+            await ex.end(sse_error_event(msg, code="shutting_down") if openai else plan.stream_error(msg, None))
         return  # a whole body was already handed to the transport
     raise GatewayError(503, msg, "shutting_down", headers={"retry-after": "1"})
 
 
-def authenticate(state: GatewayState, ex: Exchange) -> Key:
-    auth = ex.header(b"authorization")
-    key = state.keyring.lookup(bearer(auth))
+def authenticate(state: GatewayState, ex: Exchange, route: Route) -> Key:
+    secret = bearer(ex.header(b"authorization"))
+    if secret is None and route.x_api_key:
+        secret = ex.header(b"x-api-key") or None
+    key = state.keyring.lookup(secret)
     if key is None:
-        raise invalid_api_key(
-            "Missing API key: send `Authorization: Bearer <key>`."
-            if auth is None
-            else "Invalid API key provided."
-        )
+        if secret is not None:
+            raise invalid_api_key("Invalid API key provided.")
+        how = "`x-api-key: <key>` or `Authorization: Bearer <key>`" if route.x_api_key else "`Authorization: Bearer <key>`"
+        raise invalid_api_key(f"Missing API key: send {how}.")
     return key
 
 
@@ -115,6 +131,18 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def parse_form(ex: Exchange, raw: bytes) -> Form:
+    """A multipart upload's routing fields; the bytes themselves are forwarded unchanged."""
+    bound = multipart.boundary(ex.header(b"content-type"))
+    parts = multipart.parts(raw, bound)
+    fields = multipart.text_fields(raw, parts)
+    body: dict[str, Any] = {k: fields[k] for k in _FORM_FIELDS if k in fields}
+    if "stream" in body:
+        # Form values are strings; `describe` expects JSON's boolean.
+        body["stream"] = body["stream"].strip().lower() == "true"
+    return Form(parts=parts, body=body)
+
+
 def resolve(state: GatewayState, key: Key, body: dict[str, Any], route: Route) -> Pool:
     """The pool serving the body's `model`, if this key may use it on this route."""
     model = body.get("model")
@@ -128,7 +156,7 @@ def resolve(state: GatewayState, key: Key, body: dict[str, Any], route: Route) -
         raise model_not_found(model)
     kind = pool.cfg.kind
     if kind not in route.kinds:
-        what = "an embedding model" if kind == "embedding" else "a chat/completion model"
+        what = _KIND_NAMES.get(kind, f"a {kind} model")
         raise invalid_request(
             f"`{model}` is {what}; use {' or '.join(paths_for(kind))}.",
             param="model",
@@ -145,6 +173,7 @@ def describe(ctx: RequestContext, ex: Exchange, pool: Pool, body: dict[str, Any]
     ctx.model_requested = body["model"]
     ctx.body = body
     ctx.stream = bool(stream) and route.streams
+    ctx.usage_needs_end = ctx.stream and route.usage.partial_until_end
     opts = body.get("stream_options")
     ctx.include_usage_requested = isinstance(opts, dict) and opts.get("include_usage") is True
     user = body.get("user")

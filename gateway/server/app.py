@@ -22,13 +22,13 @@ from ..keys.auth import KeyRing, bearer
 from ..keys.sync import KeySync
 from ..metering import Meter
 from ..metrics import Metrics
-from ..proxy import pipeline
+from ..proxy import lookup, pipeline
 from ..proxy.client import make_session
 from ..ratelimit import Limiter
 from ..routing.pool import wake_pools
 from ..state import GatewayState, build_names, build_pools
 from .asgi import AsgiExchange, Receive, Scope, Send, header, send_json, send_response
-from .routes import ROUTES
+from .routes import find_route
 
 log = logging.getLogger("gateway")
 
@@ -54,11 +54,14 @@ class GatewayApp:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            route = ROUTES.get(path)
+            route = find_route(path)
             if route is not None:
                 if scope["method"] != route.method:
                     return await _error(send, _method_not_allowed(route.method))
-                return await pipeline.handle(self.state, route, AsgiExchange(scope, receive, send))
+                ex = AsgiExchange(scope, receive, send)
+                if route.by_id:
+                    return await lookup.handle(self.state, route, ex)
+                return await pipeline.handle(self.state, route, ex)
             if path.startswith("/admin"):
                 return await self._admin_app()(scope, receive, send)
             return await self._small(scope, send, path)
@@ -93,7 +96,8 @@ class GatewayApp:
             await _error(send, e)
 
     def _key_for_listing(self, scope: Scope) -> Any:
-        key = self.state.keyring.lookup(bearer(header(scope, b"authorization")))
+        # Anthropic SDKs list models with `x-api-key`, like they call /v1/messages.
+        key = self.state.keyring.lookup(bearer(header(scope, b"authorization")) or header(scope, b"x-api-key"))
         if key is None:
             raise invalid_api_key()
         return key

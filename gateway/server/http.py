@@ -1,6 +1,6 @@
 """The gateway's HTTP/1.1 server: an asyncio Protocol with the httptools parser.
 
-The inference routes (`server.routes.ROUTES`) run straight through the pipeline, which
+The inference routes (`server.routes.find_route`) run straight through the pipeline, which
 writes bytes to the socket (`HttpExchange`): no ASGI message per relayed event, no
 middleware, no per-request scope dict. Every other path (/health, /v1/models, /metrics,
 /admin) goes to the ASGI app through `server.bridge`, where correctness beats speed.
@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING
 import httptools
 
 from ..errors import GatewayError, error_body
-from ..proxy import pipeline
+from ..proxy import lookup, pipeline
 from .exchange import ClientDisconnected, Interruption, RawHeaders
-from .routes import ROUTES
+from .routes import find_route
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -326,9 +326,10 @@ class HttpConnection(asyncio.Protocol):
 
     def _dispatch(self, ex: HttpExchange) -> None:
         self.current = ex
-        route = ROUTES.get(ex.path)
+        route = find_route(ex.path)
         if route is not None and ex.method == route.method:
-            coro = pipeline.handle(self.server.state, route, ex)
+            handler = lookup.handle if route.by_id else pipeline.handle
+            coro = handler(self.server.state, route, ex)
         else:
             coro = self.server.handle_other(ex)
         if self.cfg.access_log:
