@@ -95,3 +95,48 @@ pools:
             assert status == 200 and "shutting down" in error and completion > 0
         assert rows["cut-whole"][0] == 503
         assert wait_until(lambda: sim.metrics().get("vllm:num_requests_running", 1) == 0, 5)
+
+
+def test_sigterm_ends_an_anthropic_stream_with_its_own_error_event(tmp_path: Path) -> None:
+    with SimProcess(SIM) as sim:
+        cfg = auth_yaml() + f"""
+server: {{drain_seconds: 0.5}}
+store: "memory://"
+pools:
+  m: {{endpoints: [{sim.base_url}]}}
+"""
+        gw = GatewayProcess(cfg, tmp_path).start()
+        lines: list[str] = []
+        error: BaseException | None = None
+        started = threading.Event()
+
+        def stream() -> None:
+            nonlocal error
+            try:
+                with httpx.stream("POST", gw.url + "/v1/messages", timeout=30,
+                                  headers={"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"},
+                                  json={"model": "m", "max_tokens": 300, "stream": True,
+                                        "messages": [{"role": "user", "content": "hi"}]}) as r:
+                    for line in r.iter_lines():
+                        if line.startswith("event: content_block_delta"):
+                            started.set()
+                        if line:
+                            lines.append(line)
+            except BaseException as e:
+                error = e
+
+        try:
+            t = threading.Thread(target=stream)
+            t.start()
+            assert started.wait(20)
+            gw.signal(signal.SIGTERM)
+            assert gw.wait(30) == 0, gw.log_tail()
+            t.join(30)
+        finally:
+            gw.stop()
+        assert error is None, error
+        # Anthropic's shape, not OpenAI's [DONE]: the SDK raises its own APIError on it.
+        assert lines[-2] == "event: error", lines[-4:]
+        err = json.loads(lines[-1][len("data: "):])
+        assert err["type"] == "error" and err["error"]["type"] == "api_error" and "shutting down" in err["error"]["message"]
+        assert not any(line == "event: message_stop" for line in lines)
