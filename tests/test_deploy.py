@@ -40,6 +40,7 @@ METRIC_LABELS: dict[str, set[str]] = {
     "gateway_rate_limited_total": {"key", "reason"},
     "gateway_usage_records_dropped_total": set(),
     "gateway_usage_buffer_records": set(),
+    "gateway_ratelimit_degraded_total": {"reason"},
 }
 HISTOGRAM_LABELS: dict[str, set[str]] = {
     "gateway_request_duration_seconds": {"pool", "endpoint"},
