@@ -76,7 +76,9 @@ def build_admin_app(state: GatewayState) -> AdminGuard:
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> Response:
-        return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
+        return Response(
+            exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
+        )
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> Response:
@@ -86,7 +88,9 @@ def build_admin_app(state: GatewayState) -> AdminGuard:
             exc.status_code, str(exc.detail)
         )
         err = GatewayError(exc.status_code, message, code, headers=dict(exc.headers or {}))
-        return Response(err.body(), status_code=err.status, media_type="application/json", headers=err.headers)
+        return Response(
+            err.body(), status_code=err.status, media_type="application/json", headers=err.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
