@@ -161,15 +161,15 @@ class Limiter:
 
     async def _decide(self, req: Request) -> tuple[Verdict, bool]:
         """The verdict, and whether it was taken without Redis (this replica's share)."""
-        fb = self.fallback
-        if fb is None:
-            return await self.counters.admit(req), False
+        fb, counters = self.fallback, self.counters
+        if fb is None or not isinstance(counters, RedisCounters):
+            return await counters.admit(req), False
         if time.monotonic() < self._down_until:
             return self._degraded(req, "backoff"), True  # Redis failed a moment ago: do not wait on it
         try:
-            if self.counters.unsynced:
-                await self.counters.replay_unsynced()
-            v = await self.counters.admit(req)
+            if counters.unsynced:
+                await counters.replay_unsynced()
+            v = await counters.admit(req)
         except Exception as e:
             self._counters_failed(e)
             return self._degraded(req, "timeout" if isinstance(e, TimeoutError) else "error"), True
