@@ -38,8 +38,10 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )  # fmt: skip
 
-INFERENCE = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
-OTHER = ["/v1/models", "/v1/models/chat", "/v1/models/nope", "/health", "/metrics", "/admin/usage",
+INFERENCE = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+             "/v1/messages/count_tokens"]  # fmt: skip
+OTHER = ["/v1/rerank", "/rerank", "/v2/rerank", "/v1/score", "/score", "/tokenize", "/detokenize",
+         "/v1/audio/transcriptions", "/v1/responses/resp_x", "/v1/responses/resp_x/cancel", "/v1/models", "/v1/models/chat", "/v1/models/nope", "/health", "/metrics", "/admin/usage",
          "/admin/keys", "/admin/backends", "/admin/reload", "/admin/nope", "/v1/nope", "/", "/v1"]  # fmt: skip
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
@@ -72,14 +74,21 @@ def check(r: httpx.Response, what: object) -> None:
     STATUSES[r.status_code] += 1
     assert r.status_code < 500, (r.status_code, r.text[:500], what)
     if r.status_code >= 400 and r.request.method != "HEAD":
-        check_error_body(r.content, (r.status_code, what))
+        anthropic = r.url.path.startswith("/v1/messages")
+        if anthropic and r.status_code == 405:
+            anthropic = False  # known: see test_messages_wrong_method_is_anthropic_shaped (strict xfail)
+        check_error_body(r.content, (r.status_code, what), anthropic=anthropic)
 
 
-def check_error_body(body: bytes, what: object) -> None:
+def check_error_body(body: bytes, what: object, anthropic: bool = False) -> None:
     try:
         obj = json.loads(body)
     except ValueError:
         raise AssertionError(f"error body is not JSON: {body[:300]!r} {what}") from None
+    if anthropic:  # the Messages routes speak Anthropic's error shape
+        assert isinstance(obj, dict) and obj.get("type") == "error", (obj, what)
+        assert isinstance(obj["error"], dict) and obj["error"]["type"] and obj["error"]["message"], (obj, what)
+        return
     assert isinstance(obj, dict) and set(obj) == {"error"}, (obj, what)
     err = obj["error"]
     assert isinstance(err, dict) and {"message", "type", "param", "code"} <= set(err), (obj, what)
@@ -88,12 +97,20 @@ def check_error_body(body: bytes, what: object) -> None:
 
 
 def check_stream(r: httpx.Response, what: object) -> None:
-    """A 200 stream must end with [DONE] or an OpenAI-shaped error event, never just stop."""
+    """A 200 stream must end properly (or with an error event in its dialect), never just stop."""
     body = r.read()
-    if r.status_code == 200 and r.headers.get("content-type", "").startswith("text/event-stream"):
+    if r.status_code != 200 or not r.headers.get("content-type", "").startswith("text/event-stream"):
+        return
+    path = r.url.path
+    if path.startswith("/v1/messages"):
+        assert b"event: message_stop" in body or b"event: error" in body, (body[-300:], what)
+    elif path.startswith("/v1/responses"):
+        assert any(m in body for m in (b"response.completed", b"response.failed", b"response.incomplete",
+                                       b"event: error")), (body[-300:], what)  # fmt: skip
+    else:
         assert body.endswith(b"data: [DONE]\n\n"), (body[-300:], what)
         for line in body.split(b"\n"):
-            if line.startswith(b"data: {\"error\""):
+            if line.startswith(b'data: {"error"'):
                 check_error_body(line[6:], what)
 
 
@@ -118,11 +135,19 @@ FIELDS = {
     "/v1/completions": ["model", "prompt", "max_tokens", "stream", "stream_options", "n", "echo", "suffix",
                         "logprobs", "stop", "user", "best_of", "temperature"],
     "/v1/embeddings": ["model", "input", "encoding_format", "dimensions", "user"],
+    "/v1/responses": ["model", "input", "instructions", "max_output_tokens", "stream", "tools", "reasoning",
+                      "previous_response_id", "store", "text", "temperature"],
+    "/v1/messages": ["model", "messages", "max_tokens", "system", "stream", "stop_sequences", "tools",
+                     "tool_choice", "thinking", "metadata", "temperature"],
+    "/v1/messages/count_tokens": ["model", "messages", "system", "tools"],
 }  # fmt: skip
 VALID = {
     "/v1/chat/completions": {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
     "/v1/completions": {"model": "chat", "prompt": "hi", "max_tokens": 3},
     "/v1/embeddings": {"model": "emb", "input": "hi"},
+    "/v1/responses": {"model": "chat", "input": "hi", "max_output_tokens": 3},
+    "/v1/messages": {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+    "/v1/messages/count_tokens": {"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
 }
 messages = st.lists(
     st.fixed_dictionaries(
@@ -310,6 +335,15 @@ def test_parser_errors_are_openai_shaped(gw: GatewayServer) -> None:
         for status, head, body in _responses(_raw(gw, frame)):
             if status >= 400:
                 check_error_body(body, head)
+
+
+@pytest.mark.xfail(strict=True, reason="the app answers a wrong method before reading the route's error "
+                   "dialect (gateway/server/app.py, `_method_not_allowed`): OpenAI-shaped on /v1/messages. "
+                   "Server layer (hot-path branch); strict: flip once fixed.")  # fmt: skip
+def test_messages_wrong_method_is_anthropic_shaped(http: httpx.Client) -> None:
+    r = http.get("/v1/messages", headers={"authorization": f"Bearer {CLIENT_KEY}"})
+    assert r.status_code == 405
+    check_error_body(r.content, "GET /v1/messages", anthropic=True)
 
 
 def test_zz_gateway_serves_normally_afterwards_and_enough_cases_ran(gw: GatewayServer, http: httpx.Client) -> None:
