@@ -28,7 +28,7 @@ from ..ratelimit import Limiter
 from ..routing.pool import wake_pools
 from ..state import GatewayState, build_names, build_pools
 from .asgi import AsgiExchange, Receive, Scope, Send, header, send_json, send_response
-from .routes import find_route
+from .routes import ERROR_BODIES, find_route
 
 log = logging.getLogger("gateway")
 
@@ -57,7 +57,9 @@ class GatewayApp:
             route = find_route(path)
             if route is not None:
                 if scope["method"] != route.method:
-                    return await _error(send, _method_not_allowed(route.method))
+                    # In the route's own dialect: an Anthropic client on /v1/messages reads Anthropic errors.
+                    e = _method_not_allowed(route.method)
+                    return await send_response(send, e.status, ERROR_BODIES[route.errors](e), _raw_headers(e))
                 ex = AsgiExchange(scope, receive, send)
                 if route.by_id:
                     return await lookup.handle(self.state, route, ex)
@@ -206,8 +208,12 @@ def _method_not_allowed(allowed: str) -> GatewayError:
     return GatewayError(405, f"Method not allowed; use {allowed}.", "method_not_allowed", headers={"allow": allowed})
 
 
+def _raw_headers(e: GatewayError) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v.encode()) for k, v in e.headers.items()]
+
+
 async def _error(send: Send, e: GatewayError) -> None:
-    await send_response(send, e.status, e.body(), [(k.encode(), v.encode()) for k, v in e.headers.items()])
+    await send_response(send, e.status, e.body(), _raw_headers(e))
 
 
 def create_app(cfg: GatewayConfig, config_path: str | None = None, spawn_engines: bool = True) -> GatewayApp:

@@ -37,7 +37,7 @@ import httptools
 from ..errors import GatewayError, error_body
 from ..proxy import lookup, pipeline
 from .exchange import ClientDisconnected, Interruption, RawHeaders
-from .routes import find_route
+from .routes import ERROR_BODIES, find_route
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -453,7 +453,13 @@ class _Rejected(Exception):
 
 
 def _error_response(ex: HttpExchange, status: int, message: str, code: str) -> bytes:
-    body = error_body(message, "invalid_request_error" if status < 500 else "server_error", None, code)
+    # A request refused before dispatch (413, 408 on a slow body) is still answered in its route's
+    # dialect when the path is known: Anthropic clients on /v1/messages parse only Anthropic errors.
+    route = find_route(ex.path) if ex.path else None
+    if route is not None and route.errors != "openai":
+        body = ERROR_BODIES[route.errors](GatewayError(status, message, code))
+    else:
+        body = error_body(message, "invalid_request_error" if status < 500 else "server_error", None, code)
     head = ex._head(status, [(b"content-type", b"application/json")], b"content-length: %d\r\n" % len(body))
     return b"".join(head) + body
 

@@ -75,8 +75,6 @@ def check(r: httpx.Response, what: object) -> None:
     assert r.status_code < 500, (r.status_code, r.text[:500], what)
     if r.status_code >= 400 and r.request.method != "HEAD":
         anthropic = r.url.path.startswith("/v1/messages")
-        if anthropic and r.status_code == 405:
-            anthropic = False  # known: see test_messages_wrong_method_is_anthropic_shaped (strict xfail)
         check_error_body(r.content, (r.status_code, what), anthropic=anthropic)
 
 
@@ -300,7 +298,6 @@ def _raw(gw: GatewayServer, data: bytes) -> bytes:
         return b"".join(chunks)  # a socket timeout here is a hang: the test fails
 
 
-UVICORN_PARSER_ERROR = b"Invalid HTTP request received."
 
 
 def _responses(out: bytes) -> list[tuple[int, bytes, bytes]]:
@@ -323,13 +320,10 @@ def test_bad_framing_never_hangs_or_500s(gw: GatewayServer, i: int) -> None:
     for status, head, body in _responses(out):
         STATUSES[status] += 1
         assert status < 500, out[:500]
-        if status >= 400 and body != UVICORN_PARSER_ERROR:  # see the xfail below
+        if status >= 400:
             check_error_body(body, (i, head))
 
 
-@pytest.mark.xfail(strict=True, reason="uvicorn's HTTP parser answers malformed requests itself with a "
-                   "text/plain 400 before the app runs; the server layer (gateway/server/, hot-path branch) "
-                   "must shape it. Strict: this fails once fixed, to be flipped to a plain test.")  # fmt: skip
 def test_parser_errors_are_openai_shaped(gw: GatewayServer) -> None:
     for frame in FRAMES:
         for status, head, body in _responses(_raw(gw, frame)):
@@ -337,9 +331,6 @@ def test_parser_errors_are_openai_shaped(gw: GatewayServer) -> None:
                 check_error_body(body, head)
 
 
-@pytest.mark.xfail(strict=True, reason="the app answers a wrong method before reading the route's error "
-                   "dialect (gateway/server/app.py, `_method_not_allowed`): OpenAI-shaped on /v1/messages. "
-                   "Server layer (hot-path branch); strict: flip once fixed.")  # fmt: skip
 def test_messages_wrong_method_is_anthropic_shaped(http: httpx.Client) -> None:
     r = http.get("/v1/messages", headers={"authorization": f"Bearer {CLIENT_KEY}"})
     assert r.status_code == 405
