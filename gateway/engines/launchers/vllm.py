@@ -20,6 +20,8 @@ def _build(req: LaunchRequest, a: Argv) -> None:
         a.flag(("--tensor-parallel-size", "-tp"), str(req.tensor_parallel))
     if req.api_key:
         a.flag("--api-key", req.api_key)
+    if req.spec.sleep:
+        a.flag("--enable-sleep-mode")
 
 
 LAUNCHER = Launcher(
@@ -31,4 +33,5 @@ LAUNCHER = Launcher(
     served_name_flags=SERVED,
     served_names_many=True,
     api_key_flags=("--api-key",),
+    supports_sleep=True,
 )
