@@ -149,7 +149,11 @@ class Residency:
             if timeout is None or e.state is not S.READY:
                 continue
             pool = self.sup.state.pools.get(e.pool_name)
-            if pool is None or pool.queued or pool.outstanding:
+            if pool is None:
+                continue
+            if pool.queued or pool.outstanding:
+                # Releases do not wake this task (they are on the hot path): look again soon.
+                due.append(now + min(1.0, timeout / 4))
                 continue
             at = max(pool.last_release, e.ready_since or now) + timeout
             if now >= at:
