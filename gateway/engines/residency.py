@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.engines")
 S = BackendState
 SERVING = (S.READY, S.UNHEALTHY)
+LEAVING = (*PARKED, S.DRAINING)  # a pool in these states needs an activation to serve again
 # While a swap waits on a resident's queue, that queue empties without any engine state
 # change; re-check this often (a few pools: microseconds each).
 PENDING_TICK = 0.01
@@ -98,8 +99,11 @@ class Residency:
         for name, since in sorted(self._wanted_since.items(), key=lambda kv: kv[1]):
             pool = self.sup.state.pools.get(name)
             mine = self._engines(name)
-            if pool is None or not mine or pool.queued == 0 or any(e.state not in PARKED for e in mine):
+            if pool is None or not mine or pool.queued == 0 or any(e.state not in LEAVING for e in mine):
                 del self._wanted_since[name]  # served, activating, or its waiters gave up
+                continue
+            if any(e.state is S.DRAINING for e in mine):
+                due.append(now + PENDING_TICK)  # leaving (idle or swapped out): bring it back after
                 continue
             wants = {d for e in mine for d in e.devices}
             if wants & reserved:
