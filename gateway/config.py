@@ -274,7 +274,10 @@ class SwapConfig(_Model):
     # A wake costs seconds and a cold start minutes: 30 s of service per turn keeps the
     # swap overhead a small share of the time even with two pools always asking.
     min_residency: float = Field(30.0, ge=0)
-    # A waiting pool swaps in after this long even if the resident still has a queue
+    # The resident leaves only after a pause this long in its traffic (nothing queued or in
+    # flight): its users are between conversations, not waiting for the next turn.
+    idle_grace: float = Field(2.0, ge=0)
+    # A waiting pool swaps in after this long even if the resident is still busy
     # (otherwise a busy resident would starve it).
     max_defer: float = Field(60.0, ge=0)
 

@@ -14,16 +14,19 @@ Policy (engines.swap):
   bounded by server.drain_seconds; then it sleeps if it can, else stops) and the wanted
   pool is activated once the devices are free. A swap never aborts a request: the drain
   comes first and the sleep itself is sent with mode=wait.
-- `residency` (default) evicts a holder only when its pool has nothing queued AND it has
-  been READY for `min_residency` seconds, or when the wanted pool has waited `max_defer`
-  seconds (so a saturated resident cannot starve it). `fcfs` evicts as soon as it is
-  READY: the baseline the benchmark compares against.
-- A-B-A-B (two pools that keep alternating): each turn lasts at least `min_residency`
-  and ends only when the resident's queue is empty, so requests for the absent pool
-  accumulate and are served together on its next turn. Swaps are bounded by one per
-  `min_residency` per device set, whatever the arrival pattern; the price is that a
-  request for the absent pool waits up to min_residency (at most max_defer) plus the
-  swap (drain + sleep + wake).
+- `residency` (default) evicts a holder only when (1) it has been READY for
+  `min_residency` seconds, and (2) its pool has nothing queued or in flight and has been
+  idle for `idle_grace` seconds (its users are between requests, not mid-conversation);
+  or when the wanted pool has waited `max_defer` seconds, whatever the resident is doing
+  (so a busy resident cannot starve it). `fcfs` evicts as soon as the holder is READY:
+  the baseline the benchmark compares against.
+- A-B-A-B (two pools that keep alternating): a turn lasts at least `min_residency` and
+  ends at the resident's first `idle_grace` pause after that (at the latest `max_defer`
+  after the other pool first asked). Requests for the absent pool accumulate meanwhile
+  and are served together on its next turn, so swaps are bounded by one per
+  min_residency per device set whatever the arrival pattern. The price: a request for the
+  absent pool waits until the resident pauses (at most max_defer), plus the swap itself
+  (drain + sleep + wake).
 - Idle: an engine with `idle_timeout` whose pool has had no request in flight or queued
   for that long is parked the same way (sleep where it can, else stop).
 """
@@ -140,9 +143,11 @@ class Residency:
         when = now
         for b in blockers:
             pool = self.sup.state.pools.get(b.pool_name)
-            if pool is not None and pool.queued:
-                return min(now + PENDING_TICK, forced)  # its queue first
-            when = max(when, (b.ready_since or now) + cfg.min_residency)
+            ready = b.ready_since or now
+            if pool is not None and (pool.queued or pool.outstanding):
+                return min(now + PENDING_TICK, forced)  # still in use: its requests first
+            idle_since = max(pool.last_release if pool is not None else 0.0, ready)
+            when = max(when, ready + cfg.min_residency, idle_since + cfg.idle_grace)
         return min(when, forced)
 
     def _park_idle(self, now: float) -> list[float]:
