@@ -143,7 +143,7 @@ class Residency:
         when = now
         for b in blockers:
             pool = self.sup.state.pools.get(b.pool_name)
-            ready = b.ready_since or now
+            ready = b.ready_since if b.ready_since is not None else now
             if pool is not None and (pool.queued or pool.outstanding):
                 return min(now + PENDING_TICK, forced)  # still in use: its requests first
             idle_since = max(pool.last_release if pool is not None else 0.0, ready)
@@ -164,7 +164,7 @@ class Residency:
                 # Releases do not wake this task (they are on the hot path): look again soon.
                 due.append(now + min(1.0, timeout / 4))
                 continue
-            at = max(pool.last_release, e.ready_since or now) + timeout
+            at = max(pool.last_release, e.ready_since if e.ready_since is not None else now) + timeout
             if now >= at:
                 e.park(f"idle for {timeout:g}s", drain)
             else:
