@@ -65,6 +65,8 @@ ALLOWED: dict[BackendState, frozenset[BackendState]] = {
 }
 PARKED = (S.STOPPED, S.SLEEPING)
 TAIL_IN_ERRORS = 20
+# In a failed start's output: the engine does not support sleep mode (vLLM's ModelConfig).
+SLEEP_REFUSED = "sleep mode is not supported"
 
 
 class InvalidTransition(RuntimeError):
@@ -221,10 +223,17 @@ class EngineProcess:
                 self.transition(S.FAILED, str(e))
                 return
             if problem is not None:
-                failures += 1
                 self.backend.last_error = problem
                 self.transition(S.FAILED, problem)
                 await self._kill_group()
+                if self.sleep_level and SLEEP_REFUSED in problem.lower():
+                    # vLLM's CPU build refuses --enable-sleep-mode at start ("Sleep mode is
+                    # not supported on current platform"): run without it, stop when idle.
+                    log.warning("%s: the engine refused sleep mode; starting it without", self.id)
+                    await self.log.note("the engine refused sleep mode: starting without it, stopping when idle")
+                    self.sleep_level = 0
+                    continue
+                failures += 1
                 await asyncio.sleep(self._backoff(failures))
                 continue
             self.transition(S.READY, f"pid {self.pid}, {self.backend.url}")
@@ -346,9 +355,8 @@ class EngineProcess:
         return float(min(e.restart_backoff_initial * 2 ** max(0, failures - 1), e.restart_backoff_max))
 
     def _build_launch(self) -> Launch:
-        req = launchers.request_for(
-            self.backend.pool, self.pool_cfg, self.spec, self.engines, self.port, self.devices
-        )
+        spec = self.spec if self.spec.sleep == self.sleep_level else self.spec.model_copy(update={"sleep": self.sleep_level})
+        req = launchers.request_for(self.backend.pool, self.pool_cfg, spec, self.engines, self.port, self.devices)
         return launchers.build(req)
 
     async def _start_once(self) -> str | None:

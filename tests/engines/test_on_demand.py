@@ -195,3 +195,18 @@ def _up(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_engine_that_refuses_the_sleep_flag_at_start_runs_without_it(tmp_path: Path) -> None:
+    # vLLM's CPU build exits at start: "Sleep mode is not supported on current platform."
+    refuser = Path(__file__).with_name("refuse_sleep.py")
+    extra = f"sleep: 1\n    idle_timeout: 0.5\n    command: [{sys.executable}, {refuser}]"
+    with GatewayServer(_cfg(tmp_path, _pool("a", extra))) as gw:
+        c = openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+        assert _chat(c, "a") == "length"
+        row = _row(gw, "a")
+        assert row["state"] == "ready" and row["sleep_level"] == 0 and "--enable-sleep-mode" not in row["argv"]
+        assert wait_until(lambda: _row(gw, "a")["state"] == "stopped", timeout=10)  # idle: stopped, not asleep
+        logs = gw.state.supervisor.logs(row["id"])
+        assert any("Sleep mode is not supported" in line for line in logs)
+        assert any("refused sleep mode" in line for line in logs)
