@@ -226,7 +226,7 @@ class EngineProcess:
                 self.backend.last_error = problem
                 self.transition(S.FAILED, problem)
                 await self._kill_group()
-                if self.sleep_level and SLEEP_REFUSED in problem.lower():
+                if self.sleep_level and SLEEP_REFUSED in "\n".join(self.log.tail(200)).lower():
                     # vLLM's CPU build refuses --enable-sleep-mode at start ("Sleep mode is
                     # not supported on current platform"): run without it, stop when idle.
                     log.warning("%s: the engine refused sleep mode; starting it without", self.id)
