@@ -210,3 +210,17 @@ def test_engine_that_refuses_the_sleep_flag_at_start_runs_without_it(tmp_path: P
         logs = gw.state.supervisor.logs(row["id"])
         assert any("Sleep mode is not supported" in line for line in logs)
         assert any("refused sleep mode" in line for line in logs)
+
+
+def test_request_waiting_for_a_start_gets_a_503_with_retry_after_at_the_startup_timeout(tmp_path: Path) -> None:
+    # The engine takes 30 s to load but the spec allows 1.5 s: the waiting request is
+    # answered 503 (OpenAI-shaped, Retry-After) once the start-up budget is spent.
+    args = '--ttft-ms, "5", --itl-ms, "5", --startup-seconds, "30"'
+    pool = _pool("a", "queue: {timeout: 0.5}", args).replace("startup_timeout: 30", "startup_timeout: 1.5")
+    with GatewayServer(_cfg(tmp_path, pool)) as gw:
+        r = httpx.post(gw.base_url + "/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                       json={"model": "a", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"} and "no ready backend" in err["message"]
+        assert _row(gw, "a")["state"] in ("starting", "failed")  # its start is still being attempted
