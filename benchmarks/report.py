@@ -506,6 +506,9 @@ def render(results: dict[str, Any], placement: Placement) -> str:
     sections.append(profile(sc.get("profile", {})))
     sections.append(tuning(sc.get("tuning", {})))
     from .findings import findings
+    from .scenarios.cache_aware import section as cache_aware_section
+
+    sections.append(cache_aware_section(sc.get("cache_aware", {})))
 
     sections.append(findings(results))
     return "\n".join(s for s in sections if s)

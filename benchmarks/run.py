@@ -18,7 +18,8 @@ from typing import Any
 from . import procs
 from .context import Bench
 
-SCENARIOS = ("peers", "robustness", "overhead", "streams", "balancing", "metering", "tuning", "profile", "model")
+SCENARIOS = ("peers", "robustness", "overhead", "streams", "balancing", "metering", "tuning", "profile", "model",
+             "cache_aware")
 SUBSYSTEMS = ("auth", "metering", "metrics")
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 EngineName = Literal["vllm", "sglang", "lmdeploy", "llamacpp", "sim", "command"]
 PoolKind = Literal["chat", "embedding"]
 Reasoning = Literal["none", "passthrough", "deepseek_r1", "think_tags"]
-BalancerName = Literal["least_outstanding", "round_robin", "random", "speed_aware"]
+BalancerName = Literal["cache_aware", "least_outstanding", "round_robin", "random", "speed_aware"]
 StartMode = Literal["always", "on_demand"]
 SwapPolicy = Literal["residency", "fcfs"]
 
@@ -214,6 +214,23 @@ class TimeoutConfig(_Model):
 _SPAWN_KEYS = set(SpawnConfig.model_fields)
 
 
+class PrefixRoutingConfig(_Model):
+    """Knobs of the cache_aware balancer (routing.policies.cache_aware)."""
+
+    block_bytes: int = Field(512, ge=64)  # prompt bytes per hashed block (~128 tokens)
+    ttl: float = Field(600.0, gt=0)  # seconds a block sent to a backend is assumed cached
+    # Per backend KV cache in tokens, when the engine does not report it (vLLM does, in
+    # vllm:cache_config_info); bounds the gateway's index of each backend.
+    capacity_tokens: int = Field(262144, ge=1)
+    # Never route for a cached prefix to a backend whose load (requests in flight or
+    # queued) exceeds (1 + balance_rel) x the pool's mean + balance_abs.
+    balance_rel: float = Field(0.25, ge=0)
+    balance_abs: float = Field(1.0, ge=0)
+    # A conversation not cached anywhere yet goes, among the backends within this many
+    # requests of the least loaded, to the one its opening hashes to (replicas agree).
+    affinity_slack: float = Field(1.0, ge=0)
+
+
 class PoolConfig(_Model):
     kind: PoolKind = "chat"
     aliases: list[str] = Field(default_factory=list)
@@ -227,6 +244,7 @@ class PoolConfig(_Model):
     # speed_aware: shortest expected delay (queue x observed speed); equals shortest queue
     # until speeds are known. The others are kept as baselines for the benchmarks.
     balancer: BalancerName = "speed_aware"
+    prefix_routing: PrefixRoutingConfig = Field(default_factory=PrefixRoutingConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     retries: int = Field(2, ge=0)

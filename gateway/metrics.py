@@ -198,6 +198,7 @@ class _StateCollector(Collector):
         for name in state.pools:
             swaps.add_metric([name], float(done.get(name, 0)))
         yield from (outstanding, up, restarts, queue, states, swaps)
+        yield from _prefix_cache(state)
         yield from self._tokens(state)
         meter = state.meter
         dropped = CounterMetricFamily(
@@ -226,3 +227,59 @@ class _StateCollector(Collector):
             prompt.add_metric([pool, key], float(p))
             completion.add_metric([pool, key], float(c))
         yield from (prompt, completion)
+
+
+def _prefix_cache(state: GatewayState) -> Iterator[Metric]:
+    """Per-backend prefix-cache figures (hit rate = cached / prompt) and routing reasons."""
+    labels = ["pool", "backend"]
+    prompt = CounterMetricFamily(
+        "gateway_backend_prompt_tokens", "Prompt tokens of answers from this backend (engine usage).", labels=labels
+    )
+    cached = CounterMetricFamily(
+        "gateway_backend_cached_prompt_tokens",
+        "Of those, served from the engine's prefix cache (usage.prompt_tokens_details.cached_tokens).",
+        labels=labels,
+    )
+    queries = CounterMetricFamily(
+        "gateway_backend_engine_prefix_cache_queries",
+        "The engine's own prefix-cache queries in tokens (vllm:prefix_cache_queries; llama.cpp prompt tokens).",
+        labels=labels,
+    )
+    hits = CounterMetricFamily(
+        "gateway_backend_engine_prefix_cache_hits",
+        "The engine's own prefix-cache hits in tokens (vllm:prefix_cache_hits; llama.cpp cached prompt tokens).",
+        labels=labels,
+    )
+    predicted = CounterMetricFamily(
+        "gateway_backend_predicted_prompt_bytes", "Prompt bytes routed by cache_aware to this backend.", labels=labels
+    )
+    predicted_hit = CounterMetricFamily(
+        "gateway_backend_predicted_cached_bytes",
+        "Of those, predicted cached there by the gateway's prefix index.",
+        labels=labels,
+    )
+    routed = CounterMetricFamily(
+        "gateway_backend_routed",
+        "Requests routed here by cache_aware, by reason: locality (its cached prefix), affinity "
+        "(conversation hash), load.",
+        labels=[*labels, "reason"],
+    )
+    skipped = CounterMetricFamily(
+        "gateway_backend_locality_skipped_overloaded",
+        "Times this backend held a request's prefix but was passed over for being above the load bound.",
+        labels=labels,
+    )
+    for name, pool in state.pools.items():
+        for b in pool.backends:
+            c, lv = b.cache, [name, b.id]
+            prompt.add_metric(lv, float(c.prompt_tokens))
+            cached.add_metric(lv, float(c.cached_tokens))
+            if c.engine_queries is not None:
+                queries.add_metric(lv, c.engine_queries)
+                hits.add_metric(lv, c.engine_hits or 0.0)
+            predicted.add_metric(lv, float(c.predicted_bytes))
+            predicted_hit.add_metric(lv, float(c.predicted_hit_bytes))
+            for reason, n in sorted(c.routed.items()):
+                routed.add_metric([*lv, reason], float(n))
+            skipped.add_metric(lv, float(c.skipped_overloaded))
+    yield from (prompt, cached, queries, hits, predicted, predicted_hit, routed, skipped)

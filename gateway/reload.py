@@ -69,8 +69,8 @@ def _apply_pools(state: GatewayState, new: GatewayConfig, summary: dict[str, lis
         old = pool.cfg
         if _without_spawn(old) != _without_spawn(pcfg):
             summary["changed"].append(f"pool {name}")
-        if pcfg.balancer != old.balancer:
-            pool.balancer = make_balancer(pcfg.balancer)
+        if pcfg.balancer != old.balancer or pcfg.prefix_routing != old.prefix_routing:
+            pool.balancer = make_balancer(pcfg.balancer, prefix=pcfg.prefix_routing)
         pool.cfg = pcfg
         for b in pool.backends:
             b.max_concurrency = pcfg.max_concurrency

@@ -40,6 +40,14 @@ METRIC_LABELS: dict[str, set[str]] = {
     "gateway_rate_limited_total": {"key", "reason"},
     "gateway_usage_records_dropped_total": set(),
     "gateway_usage_buffer_records": set(),
+    "gateway_backend_prompt_tokens_total": {"pool", "backend"},
+    "gateway_backend_cached_prompt_tokens_total": {"pool", "backend"},
+    "gateway_backend_engine_prefix_cache_queries_total": {"pool", "backend"},
+    "gateway_backend_engine_prefix_cache_hits_total": {"pool", "backend"},
+    "gateway_backend_predicted_prompt_bytes_total": {"pool", "backend"},
+    "gateway_backend_predicted_cached_bytes_total": {"pool", "backend"},
+    "gateway_backend_routed_total": {"pool", "backend", "reason"},
+    "gateway_backend_locality_skipped_overloaded_total": {"pool", "backend"},
 }
 HISTOGRAM_LABELS: dict[str, set[str]] = {
     "gateway_request_duration_seconds": {"pool", "endpoint"},
@@ -486,7 +494,9 @@ def test_dashboard_uses_only_known_metrics_and_labels() -> None:
     for needed in ("gateway_requests_total", "gateway_request_duration_seconds_bucket",
                    "gateway_time_to_first_token_seconds_bucket", "gateway_prompt_tokens_total",
                    "gateway_completion_tokens_total", "gateway_backend_up", "gateway_backend_outstanding",
-                   "gateway_pool_queue_depth", "gateway_rate_limited_total", "gateway_overhead_seconds_bucket"):
+                   "gateway_pool_queue_depth", "gateway_rate_limited_total", "gateway_overhead_seconds_bucket",
+                   "gateway_backend_cached_prompt_tokens_total", "gateway_backend_engine_prefix_cache_hits_total",
+                   "gateway_backend_routed_total"):
         assert needed in used, f"the dashboard shows nothing of {needed}"
     assert any(m.startswith("vllm:") for m in used)
 

@@ -25,7 +25,11 @@ FIXED = {
     "gateway_prompt_tokens_total", "gateway_completion_tokens_total", "gateway_backend_outstanding",
     "gateway_backend_up", "gateway_backend_restarts_total", "gateway_pool_queue_depth",
     "gateway_rate_limited_total", "gateway_overhead_seconds", "gateway_usage_records_dropped_total",
-    "gateway_usage_buffer_records", "gateway_backend_state", "gateway_swaps_total",
+    "gateway_usage_buffer_records", "gateway_backend_prompt_tokens_total", "gateway_backend_cached_prompt_tokens_total",
+    "gateway_backend_engine_prefix_cache_queries_total", "gateway_backend_engine_prefix_cache_hits_total",
+    "gateway_backend_predicted_prompt_bytes_total", "gateway_backend_predicted_cached_bytes_total", "gateway_backend_routed_total",
+    "gateway_backend_locality_skipped_overloaded_total",
+    "gateway_backend_state", "gateway_swaps_total",
     "gateway_engine_load_seconds", "gateway_engine_wake_seconds", "gateway_request_load_wait_seconds",
 }  # fmt: skip
 

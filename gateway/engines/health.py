@@ -14,6 +14,7 @@ What blocks:
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,10 +149,43 @@ KNOWN_QUEUE_METRICS = (
 _KNOWN_NAMES = {n for pair in KNOWN_QUEUE_METRICS for n in pair}
 
 
+# Prefix-cache counters (tokens): (queries, hits). llama.cpp counts processed and cached
+# prompt tokens separately, so its queries are their sum (see `_prefix_counters`).
+PREFIX_CACHE_METRICS = (
+    ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"),
+    ("llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total"),
+)
+_CACHE_NAMES = {n for pair in PREFIX_CACHE_METRICS for n in pair}
+
+
+def kv_capacity_tokens(text: str) -> int | None:
+    """vLLM's `vllm:cache_config_info{num_gpu_blocks="N",block_size="B",...} 1`: N x B."""
+    i = text.find("\nvllm:cache_config_info{")
+    if i < 0:
+        return None
+    line = text[i + 1 : text.find("\n", i + 1)]
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+    try:
+        return int(labels["num_gpu_blocks"]) * int(labels["block_size"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _prefix_counters(backend: Backend, gauges: dict[str, float]) -> None:
+    c = backend.cache
+    if "vllm:prefix_cache_queries_total" in gauges:
+        c.engine_queries = gauges["vllm:prefix_cache_queries_total"]
+        c.engine_hits = gauges.get("vllm:prefix_cache_hits_total", 0.0)
+    elif "llamacpp:prompt_tokens_cached_total" in gauges:
+        c.engine_hits = gauges["llamacpp:prompt_tokens_cached_total"]
+        c.engine_queries = gauges.get("llamacpp:prompt_tokens_total", 0.0) + c.engine_hits
+
+
 async def scrape(
     session: aiohttp.ClientSession, target: ProbeTarget, backend: Backend, seconds: float
 ) -> None:
-    """Copy the engine's own running/waiting counts into the backend, for the balancers."""
+    """Copy the engine's own running/waiting counts into the backend, for the balancers,
+    and its prefix-cache counters and KV capacity where it exposes them."""
     if not target.metrics_url:
         return
     status, body, _ = await get(session, target.metrics_url, target.headers, seconds)
@@ -162,7 +196,11 @@ async def scrape(
         names = {n for n in pairs[0] if n}
     else:
         pairs, names = KNOWN_QUEUE_METRICS, _KNOWN_NAMES
-    gauges = parse_gauges(body.decode("utf-8", errors="replace"), names)
+    text = body.decode("utf-8", errors="replace")
+    gauges = parse_gauges(text, names | _CACHE_NAMES)
+    _prefix_counters(backend, gauges)
+    if backend.kv_capacity_tokens is None:
+        backend.kv_capacity_tokens = kv_capacity_tokens(text)
     for running, waiting in pairs:
         if running in gauges or waiting in gauges:
             backend.engine_running = gauges.get(running or "", 0.0)

@@ -11,7 +11,7 @@ import aiohttp
 
 
 async def _call(
-    session: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], timeout: float
+    session: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], timeout: float  # noqa: ASYNC109 - one HTTP call's own bound
 ) -> tuple[int, str]:
     async with session.request(
         method, url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
@@ -20,7 +20,7 @@ async def _call(
 
 
 async def sleep(
-    session: aiohttp.ClientSession, root: str, level: int, headers: dict[str, str], timeout: float
+    session: aiohttp.ClientSession, root: str, level: int, headers: dict[str, str], timeout: float  # noqa: ASYNC109
 ) -> str | None:
     # mode=wait: the gateway drained the engine first, but if the drain timed out the
     # engine finishes what it has rather than aborting it (vLLM's default is abort).
@@ -35,7 +35,7 @@ async def sleep(
 
 
 async def wake(
-    session: aiohttp.ClientSession, root: str, headers: dict[str, str], timeout: float
+    session: aiohttp.ClientSession, root: str, headers: dict[str, str], timeout: float  # noqa: ASYNC109
 ) -> str | None:
     try:
         status, body = await _call(session, "POST", root + "/wake_up", headers, timeout)

@@ -19,6 +19,7 @@ from ..context import RequestContext
 from ..errors import GatewayError, sse_error_event
 from ..routing.backend import Backend
 from ..routing.pool import Pool
+from ..routing.request import Completion, completion_from_usage
 from ..server.asgi import RawHeaders, Send
 from . import sse
 from .bodyedit import request_for_backend
@@ -44,16 +45,15 @@ async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContex
     """Forward and relay; raises GatewayError only while nothing has been sent to the client."""
     tried: set[Backend] = set()
     last_error: GatewayError | None = None
+    request = pool.route_request(ctx.endpoint, plan.parsed)
     for attempt in range(pool.cfg.retries + 1):
-        backend = await pool.acquire(frozenset(tried))
+        backend = await pool.acquire(request, frozenset(tried))
         ctx.backend = backend
         ctx.attempts = attempt + 1
         try:
             retry = await _attempt(session, pool, backend, ctx, plan, send)
         finally:
-            pool.release(backend)
-            if ctx.completed:
-                _observe(backend, ctx)
+            pool.release(backend, request, _completion(ctx) if answered(ctx) else None)
         if retry is None:
             return
         tried.add(backend)
@@ -64,14 +64,18 @@ async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContex
     raise last_error
 
 
-def _observe(backend: Backend, ctx: RequestContext) -> None:
-    """Balancer feedback: a completed answer's timing feeds the backend's speed estimates."""
-    if ctx.upstream_started is None or ctx.first_byte_at is None:
-        return
-    out = ctx.usage.get("completion_tokens", 0) if ctx.usage else 0
+def answered(ctx: RequestContext) -> bool:
+    """An answer came back from this attempt (complete or cut short)."""
+    return ctx.upstream_started is not None and ctx.first_byte_at is not None
+
+
+def _completion(ctx: RequestContext) -> Completion:
+    """Balancer feedback: how the answer went (timing feeds the speed estimates, usage the
+    prefix-cache figures)."""
+    assert ctx.upstream_started is not None and ctx.first_byte_at is not None
     # A non-stream answer's first byte is its last: it says nothing about time to first token.
     ttft = ctx.first_byte_at - ctx.upstream_started if ctx.stream else None
-    backend.observe(ttft, time.monotonic() - ctx.upstream_started, int(out or 0))
+    return completion_from_usage(ctx.completed, ctx.usage, ttft, time.monotonic() - ctx.upstream_started)
 
 
 async def _attempt(

@@ -7,7 +7,7 @@ external endpoint; both are a `Backend` and both sit in a `routing.pool.Pool`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -26,6 +26,27 @@ class BackendState(StrEnum):
 # After a connection failure an external endpoint sits out this long before it is tried
 # again (spawned engines are brought back by their health checks instead).
 PASSIVE_COOLDOWN_S = 5.0
+
+
+@dataclass
+class CacheStats:
+    """Prefix-cache figures of one backend, for /metrics. Counters only grow."""
+
+    # From the answers' usage (every policy): prompt tokens and those the engine served
+    # from its prefix cache (usage.prompt_tokens_details.cached_tokens, when reported).
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    # The engine's own counters, scraped from /metrics (vLLM: vllm:prefix_cache_queries /
+    # _hits; llama.cpp: prompt tokens processed + cached), in tokens; None if not exposed.
+    engine_queries: float | None = None
+    engine_hits: float | None = None
+    # What a locality-aware policy predicted (prompt bytes sent, of them expected cached)
+    # and why it routed here: by a cached prefix, by conversation affinity, by load alone;
+    # and how often a cached prefix here was passed over because the backend was overloaded.
+    predicted_bytes: int = 0
+    predicted_hit_bytes: int = 0
+    routed: dict[str, int] = field(default_factory=dict)
+    skipped_overloaded: int = 0
 
 
 @dataclass(eq=False)
@@ -52,6 +73,9 @@ class Backend:
     # us: read by the speed-aware policy; None means "unknown", never "unlimited".
     engine_capacity: int | None = None
     restarts: int = 0  # times the supervisor restarted the engine behind it
+    # KV cache size in tokens (vLLM's cache_config_info: num_gpu_blocks x block_size), when known.
+    kv_capacity_tokens: int | None = None
+    cache: CacheStats = field(default_factory=CacheStats)
 
     @property
     def routable(self) -> bool:

@@ -2,7 +2,8 @@
 
 Load accounting is the same for every balancing policy and lives here: `outstanding`
 is incremented when a request is dispatched to a backend and decremented exactly once
-in `Pool.release`, which callers run in `finally` on every path.
+in `Pool.release`, which callers run in `finally` on every path. Around it the pool
+calls the policy's hooks (`on_dispatch`, `on_complete`) the same way for every policy.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..config import PoolConfig
 from ..errors import GatewayError, service_unavailable
 from .backend import Backend
 from .policies import Balancer, make_balancer
+from .request import Completion, RouteRequest, bare_request
 
 
 class QueueFull(GatewayError):
@@ -51,8 +53,8 @@ class Pool:
         self.name = name
         self.cfg = cfg
         self.backends: list[Backend] = []
-        self.balancer = balancer or make_balancer(cfg.balancer)
-        self._waiters: deque[tuple[asyncio.Future[Backend], frozenset[Backend]]] = deque()
+        self.balancer = balancer or make_balancer(cfg.balancer, prefix=cfg.prefix_routing)
+        self._waiters: deque[tuple[asyncio.Future[Backend], frozenset[Backend], RouteRequest]] = deque()
         self.demand: Demand | None = None
         self.last_release = 0.0  # monotonic; idle timeouts count from here
 
@@ -88,17 +90,26 @@ class Pool:
 
     # --- admission ---
 
-    def _pick(self, exclude: frozenset[Backend]) -> Backend | None:
+    def route_request(self, endpoint: str, body: dict[str, object]) -> RouteRequest:
+        """The view of a request that this pool's policy routes by."""
+        return RouteRequest(endpoint, body, self.cfg.prefix_routing.block_bytes)
+
+    def _dispatch(self, request: RouteRequest, exclude: frozenset[Backend]) -> Backend | None:
+        """Pick a backend and count the request on it (None: no candidate now)."""
         candidates = [b for b in self.backends if b.routable and b.has_capacity and b not in exclude]
         if not candidates:
             return None
-        return self.balancer.choose(candidates)
+        b = self.balancer.choose(candidates, request)
+        b.outstanding += 1
+        self.balancer.on_dispatch(b, request)
+        return b
 
-    async def acquire(self, exclude: frozenset[Backend] = frozenset()) -> Backend:
+    async def acquire(self, request: RouteRequest | None = None, exclude: frozenset[Backend] = frozenset()) -> Backend:
+        """A backend for `request`, counted as in flight there until `release`."""
+        request = request if request is not None else bare_request()
         if not self._waiters:
-            b = self._pick(exclude)
+            b = self._dispatch(request, exclude)
             if b is not None:
-                b.outstanding += 1
                 return b
         if exclude and not any(b.routable and b not in exclude for b in self.backends):
             # A retry with nowhere else to go: do not queue behind fresh requests.
@@ -106,7 +117,7 @@ class Pool:
         if len(self._waiters) >= self.cfg.queue.max_size:
             raise QueueFull(self.name)
         fut: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
-        entry = (fut, exclude)
+        entry = (fut, exclude, request)
         self._waiters.append(entry)
         # Engines started on demand: the wait is bounded by their start-up, not the queue timeout.
         demand = self.demand
@@ -121,7 +132,7 @@ class Pool:
             return b
         except (TimeoutError, asyncio.CancelledError) as e:
             if fut.done() and not fut.cancelled():
-                self.release(fut.result())  # granted in the same instant we gave up
+                self.release(fut.result(), request)  # granted in the same instant we gave up
             else:
                 fut.cancel()
             try:
@@ -138,23 +149,32 @@ class Pool:
             )
             raise service_unavailable(msg, retry_after=5 if not ready else 1) from None
 
-    def release(self, backend: Backend) -> None:
+    def release(self, backend: Backend, request: RouteRequest | None = None,
+                completion: Completion | None = None) -> None:
+        """Uncount a dispatched request (exactly once per `acquire`); `completion` is how
+        it ended, None when no answer came back."""
         backend.outstanding -= 1
         self.last_release = time.monotonic()
+        if completion is not None:
+            if completion.ok:
+                backend.observe(completion.ttft, completion.duration, completion.output_tokens)
+            if completion.prompt_tokens:
+                backend.cache.prompt_tokens += completion.prompt_tokens
+                backend.cache.cached_tokens += completion.cached_tokens or 0
+        self.balancer.on_complete(backend, request if request is not None else bare_request(), completion)
         self.wake()
 
     def wake(self) -> None:
         """Hand freed capacity to waiters in FIFO order."""
         while self._waiters:
-            fut, exclude = self._waiters[0]
+            fut, exclude, request = self._waiters[0]
             if fut.done():
                 self._waiters.popleft()
                 continue
-            b = self._pick(exclude)
+            b = self._dispatch(request, exclude)
             if b is None:
                 return
             self._waiters.popleft()
-            b.outstanding += 1
             fut.set_result(b)
 
 

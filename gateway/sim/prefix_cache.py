@@ -198,8 +198,13 @@ class KvCache:
         return True
 
     def render_metrics(self, labels: str, out: list[str]) -> None:
-        """vLLM's counters count tokens, and stay 0 with prefix caching off."""
-        out += ["# HELP vllm:prefix_cache_queries Prefix cache queries, in terms of number of queried tokens.",
+        """vLLM's counters count tokens, and stay 0 with prefix caching off. cache_config_info
+        carries the KV size as labels (a gateway sizes its prefix index from it)."""
+        out += ["# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig",
+                "# TYPE vllm:cache_config_info gauge",
+                f'vllm:cache_config_info{{block_size="{self.block_size}",enable_prefix_caching='
+                f'"{self.enabled}",num_gpu_blocks="{self.num_blocks}"}} 1.0',
+                "# HELP vllm:prefix_cache_queries Prefix cache queries, in terms of number of queried tokens.",
                 "# TYPE vllm:prefix_cache_queries counter",
                 f"vllm:prefix_cache_queries_total{{{labels}}} {float(self.stats.queries)}",
                 "# HELP vllm:prefix_cache_hits Prefix cache hits, in terms of number of cached tokens.",

@@ -1,8 +1,8 @@
 """On demand with real engines spawned by the gateway: llama-server and vLLM's CPU build.
 
-Needs the engines of scripts/realengines (paths in ~/.cache/gateway/realengines.env) and
-runs only in the real-engine tier (`-m realengine`) or with REALENGINES=1: vLLM takes
-over a minute to start and ~3 GiB.
+Part of the real-engine tier (tests/realengines/conftest.py installs the engines). The
+vLLM test starts its own vLLM (2-5 min on 2 busy cores, ~3 GiB beside the tier's own), so
+it runs only with REALENGINES_ON_DEMAND_VLLM=1.
 
 What it shows:
 - llama-server (no sleep mode): the first request starts it, idle stops it (process gone),
@@ -26,19 +26,16 @@ import pytest
 from tests.engines.util import pid_gone
 from tests.gw import ADMIN_KEY, CLIENT_KEY, GatewayServer, auth_yaml, wait_until
 
-ENV_FILE = Path.home() / ".cache" / "gateway" / "realengines.env"
+from .harness import RealEngines
+
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}  # fmt: skip
 
 
 @pytest.fixture
-def real(request: pytest.FixtureRequest) -> dict[str, str]:
-    marks = request.config.getoption("-m") or ""
-    if os.environ.get("REALENGINES") != "1" and ("realengine" not in marks or "not realengine" in marks):
-        pytest.skip("real-engine tier only (-m realengine or REALENGINES=1)")
-    if not ENV_FILE.exists():
-        pytest.skip(f"{ENV_FILE} missing: run scripts/realengines/setup.sh")
-    return dict(line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if "=" in line)
+def real(engines: RealEngines) -> dict[str, str]:
+    return {"REALENGINES_LLAMA_SERVER": engines.llama_server, "REALENGINES_MODEL_GGUF": engines.model_gguf,
+            "REALENGINES_VLLM": engines.vllm, "REALENGINES_MODEL_HF": engines.model_hf}
 
 
 def _cfg(tmp: Path, pool: str) -> str:
@@ -88,6 +85,7 @@ def test_llama_server_starts_on_first_request_and_stops_when_idle(real: dict[str
         assert _row(gw, "llama")["pid"] not in (None, pid)
 
 
+@pytest.mark.skipif(os.environ.get("REALENGINES_ON_DEMAND_VLLM") != "1", reason="REALENGINES_ON_DEMAND_VLLM=1: its own vLLM")
 def test_vllm_cpu_on_demand_and_what_it_does_with_sleep_mode(real: dict[str, str], tmp_path: Path) -> None:
     env = "{" + ", ".join(f"{k}: '{v}'" for k, v in VLLM_ENV.items()) + "}"
     pool = f"""  tiny:
@@ -109,7 +107,6 @@ def test_vllm_cpu_on_demand_and_what_it_does_with_sleep_mode(real: dict[str, str
         assert row["state"] == "ready"
         assert wait_until(lambda: _row(gw, "tiny")["state"] in ("sleeping", "stopped"), timeout=120)
         row = _row(gw, "tiny")
-        logs = "\n".join(gw.state.supervisor.logs(row["id"]) or [])
         if row["state"] == "sleeping":  # a build that supports it: the next request wakes it
             _chat(gw, "tiny")
             assert _row(gw, "tiny")["last_wake_seconds"] is not None

@@ -162,3 +162,48 @@ pools:
                 assert e.value.body["code"] == "pool_queue_full"  # type: ignore[index]
                 assert first.result(10) == "length" and second.result(10) == "length"
             assert wait_until(lambda: pool.outstanding == 0 and pool.queued == 0, 1)
+
+
+class _Recorder:
+    """A policy that records the hooks the pool calls (same calls for every policy)."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, object]] = []
+
+    def choose(self, candidates, request):  # type: ignore[no-untyped-def]
+        return min(candidates, key=lambda b: b.outstanding)
+
+    def on_dispatch(self, backend, request):  # type: ignore[no-untyped-def]
+        assert backend.outstanding >= 1  # counted before the hook runs
+        self.events.append(("dispatch", backend.id, request))
+
+    def on_complete(self, backend, request, completion):  # type: ignore[no-untyped-def]
+        self.events.append(("complete", backend.id, completion))
+
+
+def test_pool_calls_dispatch_and_complete_hooks_once_per_request_queued_or_not() -> None:
+    from gateway.routing.request import Completion, RouteRequest
+
+    async def run() -> None:
+        rec = _Recorder()
+        p = Pool("p", config.PoolConfig(endpoints=["http://h:1/v1"], max_concurrency=1), balancer=rec)  # type: ignore[arg-type]
+        p.add(Backend(id="b0", pool="p", url="http://h:1/v1", max_concurrency=1))
+        r1 = RouteRequest("chat", {"messages": []})
+        r2 = RouteRequest("chat", {"messages": []})
+        held = await p.acquire(r1)
+        waiter = asyncio.ensure_future(p.acquire(r2))
+        await asyncio.sleep(0)
+        done = Completion(ok=True, prompt_tokens=100, cached_tokens=60, ttft=0.1, duration=0.5, output_tokens=5)
+        p.release(held, r1, done)
+        second = await waiter  # dispatched from the queue: its own request view
+        p.release(second, r2, None)
+        assert [(e[0], e[2]) for e in rec.events] == [
+            ("dispatch", r1), ("complete", done), ("dispatch", r2), ("complete", None),
+        ]
+        b = p.backends[0]
+        assert b.outstanding == 0 and b.cache.prompt_tokens == 100 and b.cache.cached_tokens == 60
+        assert b.ewma_ttft == pytest.approx(0.1)  # speed estimates fed for every policy
+
+    asyncio.run(run())

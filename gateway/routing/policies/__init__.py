@@ -1,8 +1,17 @@
 """Balancing policies: pick one backend from candidates that are ready and have spare capacity.
 
-A policy is a small object with `choose(candidates) -> Backend`. It is a pure function of
-the candidates' stats (plus its own cursor or RNG); it never filters, counts or waits:
-`backends.Pool` does filtering and load accounting the same way for every policy.
+Every policy has the same interface (`Balancer`): `choose(candidates, request)` and two
+hooks the pool calls for every request, whatever the policy:
+
+- `on_dispatch(backend, request)` right after the pool counted the request on `backend`;
+- `on_complete(backend, request, completion)` exactly once per dispatch, after the pool
+  uncounted it; `completion` is None when the request never produced an answer
+  (connection failure, cancelled while queued, client gone before the first byte).
+
+A policy never filters, counts or waits: `routing.pool.Pool` filters (ready, capacity,
+retry exclusions) and does load accounting the same way for every policy, and the
+router never looks at a policy's name. `choose` and the hooks run on the event loop and
+must not block.
 """
 
 from __future__ import annotations
@@ -11,23 +20,45 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from ...config import PrefixRoutingConfig
     from ..backend import Backend
+    from ..request import Completion, RouteRequest
 
 
 class Balancer(Protocol):
     name: str
 
-    def choose(self, candidates: Sequence[Backend]) -> Backend:
+    def choose(self, candidates: Sequence[Backend], request: RouteRequest) -> Backend:
         """`candidates` is never empty."""
         ...
 
+    def on_dispatch(self, backend: Backend, request: RouteRequest) -> None: ...
 
-def make_balancer(name: str, seed: int | None = None) -> Balancer:
+    def on_complete(self, backend: Backend, request: RouteRequest, completion: Completion | None) -> None: ...
+
+
+class LoadOnly:
+    """Hooks for policies that look at load alone (the pool already did the accounting)."""
+
+    def on_dispatch(self, backend: Backend, request: RouteRequest) -> None:
+        return None
+
+    def on_complete(self, backend: Backend, request: RouteRequest, completion: Completion | None) -> None:
+        return None
+
+
+POLICY_NAMES = ("cache_aware", "least_outstanding", "round_robin", "random", "speed_aware")
+
+
+def make_balancer(name: str, seed: int | None = None, prefix: PrefixRoutingConfig | None = None) -> Balancer:
+    from .cache_aware import CacheAware
     from .least_outstanding import LeastOutstanding
     from .random import RandomChoice
     from .round_robin import RoundRobin
     from .speed_aware import SpeedAware
 
+    if name == "cache_aware":
+        return CacheAware(seed, prefix)
     policies: dict[str, type] = {
         "least_outstanding": LeastOutstanding,
         "round_robin": RoundRobin,
@@ -37,5 +68,5 @@ def make_balancer(name: str, seed: int | None = None) -> Balancer:
     try:
         cls = policies[name]
     except KeyError:
-        raise ValueError(f"unknown balancer {name!r}; choose from {', '.join(policies)}") from None
+        raise ValueError(f"unknown balancer {name!r}; choose from {', '.join(POLICY_NAMES)}") from None
     return cls(seed) if seed is not None else cls()  # type: ignore[no-any-return]

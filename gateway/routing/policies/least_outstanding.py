@@ -10,17 +10,20 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from . import LoadOnly
+
 if TYPE_CHECKING:
     from ..backend import Backend
+    from ..request import RouteRequest
 
 
-class LeastOutstanding:
+class LeastOutstanding(LoadOnly):
     name = "least_outstanding"
 
     def __init__(self, seed: int | None = None) -> None:
         self._rng = random.Random(seed)
 
-    def choose(self, candidates: Sequence[Backend]) -> Backend:
+    def choose(self, candidates: Sequence[Backend], request: RouteRequest | None = None) -> Backend:
         best: list[Backend] = []
         best_load = float("inf")
         for b in candidates:

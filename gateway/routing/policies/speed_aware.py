@@ -35,8 +35,11 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from . import LoadOnly
+
 if TYPE_CHECKING:
     from ..backend import Backend
+    from ..request import RouteRequest
 
 # Output length, in tokens, that weighs time-per-token against time-to-first-token. Only
 # the ratio matters; it is the order of a short chat answer.
@@ -65,13 +68,18 @@ def expected_seconds(
     return service * (1.0 + max(0.0, ahead + 1.0 - cap) / cap)
 
 
-class SpeedAware:
+class SpeedAware(LoadOnly):
     name = "speed_aware"
 
     def __init__(self, seed: int | None = None) -> None:
         self._rng = random.Random(seed)
 
-    def choose(self, candidates: Sequence[Backend]) -> Backend:
+    def choose(self, candidates: Sequence[Backend], request: RouteRequest | None = None) -> Backend:
+        best = self.cheapest(candidates)
+        return best[0] if len(best) == 1 else self._rng.choice(best)
+
+    def cheapest(self, candidates: Sequence[Backend]) -> list[Backend]:
+        """The candidates of least expected completion time (several on a tie)."""
         ttfts = [b.ewma_ttft for b in candidates if b.ewma_ttft is not None]
         tpots = [b.ewma_tpot for b in candidates if b.ewma_tpot is not None]
         caps = [c for c in map(engine_capacity, candidates) if c is not None]
@@ -88,4 +96,4 @@ class SpeedAware:
                 best, best_cost = [b], cost
             elif cost == best_cost:
                 best.append(b)
-        return best[0] if len(best) == 1 else self._rng.choice(best)
+        return best

@@ -1,0 +1,108 @@
+"""The usage ledger equals each engine's own token counters.
+
+vLLM: `vllm:prompt_tokens_total` / `vllm:generation_tokens_total`. llama.cpp counts prompt
+tokens served from its cache apart: `llamacpp:prompt_tokens_total` +
+`llamacpp:prompt_tokens_cached_total` / `llamacpp:tokens_predicted_total`. Each test
+compares the deltas over its own requests (tests run one at a time; nothing else talks
+to these engines).
+
+`n` > 1 is left out on purpose: vLLM counts the prompt once per sequence in
+`vllm:prompt_tokens_total` (n=2 adds 2 x prompt), while `usage.prompt_tokens` (what OpenAI
+bills and the ledger records) counts it once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from .conftest import CHAT_POOLS, LLAMA_CHAT, VLLM_CHAT
+from .harness import CLIENT_KEY, Gateway, RealEngines, engine_metrics, wait_for
+
+PROMPT = {
+    VLLM_CHAT: ("vllm:prompt_tokens_total",),
+    LLAMA_CHAT: ("llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total"),
+}
+GENERATED = {VLLM_CHAT: "vllm:generation_tokens_total", LLAMA_CHAT: "llamacpp:tokens_predicted_total"}
+QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def engine_tokens(gw: Gateway, pool: str) -> tuple[int, int]:
+    prompt = generated = 0.0
+    for b in gw.backends():
+        if b["pool"] != pool or not b["port"]:
+            continue
+        m = engine_metrics(f"http://127.0.0.1:{b['port']}")
+        prompt += sum(m.get(n, 0.0) for n in PROMPT[pool])
+        generated += m.get(GENERATED[pool], 0.0)
+    return int(prompt), int(generated)
+
+
+def ledger_tokens(gw: Gateway, pool: str) -> tuple[int, int]:
+    row = gw.usage("pool").get(pool, {})
+    return int(row.get("prompt_tokens", 0)), int(row.get("completion_tokens", 0))
+
+
+def assert_ledger_matches(gw: Gateway, pool: str, traffic: Callable[[], None]) -> None:
+    e0, l0 = engine_tokens(gw, pool), ledger_tokens(gw, pool)
+    traffic()
+    want: list[tuple[int, int]] = []
+
+    def settled() -> bool:
+        e1, l1 = engine_tokens(gw, pool), ledger_tokens(gw, pool)
+        want[:] = [(e1[0] - e0[0], e1[1] - e0[1]), (l1[0] - l0[0], l1[1] - l0[1])]
+        return want[0] == want[1]
+
+    wait_for(settled, 5, 0.2)
+    engine, ledger = want
+    assert engine[1] > 0
+    assert ledger == engine, f"ledger (prompt, completion) {ledger} != engine's own counters {engine}"
+
+
+@pytest.mark.parametrize("pool", CHAT_POOLS)
+def test_ledger_equals_engine_counters(client: OpenAI, gateway: Gateway, engines: RealEngines, pool: str) -> None:
+    tool: Any = engines.expect["weather_tool"]
+
+    def traffic() -> None:
+        client.chat.completions.create(model=pool, messages=QUESTION, max_tokens=32)
+        list(client.chat.completions.create(model=pool, messages=QUESTION, max_tokens=32, stream=True))
+        list(client.completions.create(model=pool, prompt="Hello there", max_tokens=7, stream=True))
+        client.completions.create(model=pool, prompt="Good morning to you", max_tokens=5)
+        client.chat.completions.create(model=pool, messages=QUESTION, tools=[tool], max_tokens=32)
+
+    assert_ledger_matches(gateway, pool, traffic)
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        pytest.param(p, marks=pytest.mark.xfail(
+            strict=True,
+            reason="gateway bug: a stream the client cuts short is estimated with the bundled cl100k "
+            "tokenizer instead of the engine's own figures (continuous_usage_stats on vLLM) or the "
+            "model's tokenizer.json (llama.cpp)",
+        ))
+        for p in CHAT_POOLS
+    ],
+)
+def test_ledger_of_a_cut_short_stream(gateway: Gateway, pool: str) -> None:
+    def traffic() -> None:
+        # Words the tiny model's tokenizer splits very differently from cl100k, so an
+        # estimate with the wrong tokenizer shows.
+        body = {"model": pool, "prompt": "Quixotic zephyrs jinx pterodactyls, xylophonist!",
+                "max_tokens": 400, "stream": True}
+        with httpx.Client(timeout=60) as c, c.stream(
+            "POST", gateway.base_url + "/completions", json=body,
+            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+        ) as r:
+            got = 0
+            for line in r.iter_lines():
+                got += line.startswith("data: ")
+                if got == 5:
+                    break
+
+    assert_ledger_matches(gateway, pool, traffic)
