@@ -146,3 +146,11 @@ def test_bad_on_demand_settings_name_their_place() -> None:
     assert "replicas must be 1" in err(p + "{engine: vllm, model: /a, devices: [0], replicas: 2}\n")
     assert "gpus_per_replica must match" in err(p + "{engine: vllm, model: /a, devices: [0], gpus_per_replica: 2}\n")
     assert "engines.swap.policy" in err("auth: {mode: none}\nengines: {swap: {policy: lifo}}\n")
+
+
+def test_pool_kinds_are_validated() -> None:
+    for kind in ("chat", "embedding", "rerank", "transcription"):
+        cfg = config.loads(BASE + f"pools:\n  p: {{kind: {kind}, endpoints: [http://127.0.0.1:9/v1]}}\n", {})
+        assert cfg.pools["p"].kind == kind
+    msg = err(BASE + "pools:\n  p: {kind: score, endpoints: [http://127.0.0.1:9/v1]}\n")
+    assert "kind" in msg and "rerank" in msg and "transcription" in msg

@@ -16,7 +16,7 @@ import time
 import aiohttp
 
 from ..context import RequestContext
-from ..errors import GatewayError, sse_error_event
+from ..errors import GatewayError
 from ..routing.backend import Backend
 from ..routing.pool import Pool
 from ..routing.request import Completion, completion_from_usage
@@ -86,13 +86,15 @@ async def _attempt(
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=t.connect, sock_read=t.stream_idle if ctx.stream else t.first_byte
     )
-    headers = request_headers(plan.client_headers, ctx.request_id, backend.api_key)
-    body = request_for_backend(plan.body, plan.parsed, backend.served_model or plan.served_default)
+    headers = request_headers(plan.client_headers, ctx.request_id, backend.api_key, plan.content_type)
+    served = backend.served_model or plan.served_default
+    body = plan.retarget(served) if plan.retarget is not None else request_for_backend(plan.body, plan.parsed, served)
+    url = (_root_url(backend.url) if plan.upstream_root else backend.url) + plan.path
     started = time.monotonic()
     if ctx.upstream_started is None:
         ctx.upstream_started = started
     try:
-        async with session.post(backend.url + plan.path, data=body, headers=headers, timeout=timeout) as resp:
+        async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
             if resp.status >= 400:
                 body = await resp.read()
                 ctx.upstream_time += time.monotonic() - started
@@ -121,6 +123,11 @@ async def _attempt(
         ) from None
 
 
+def _root_url(base: str) -> str:
+    """The engine's root URL from its base URL (`http://h:p/v1` -> `http://h:p`)."""
+    return base[:-3] if base.endswith("/v1") else base
+
+
 def _upstream_error(plan: Plan, status: int, body: bytes, content_type: str | None) -> GatewayError:
     if plan.rewrite_error is not None:
         status, body = plan.rewrite_error(status, body, content_type)
@@ -132,7 +139,7 @@ async def _relay_body(
 ) -> None:
     body = await resp.read()
     ctx.upstream_time += time.monotonic() - started
-    ctx.usage = sse.body_usage(body)
+    ctx.usage = plan.body_usage(body)
     if plan.rewrite_body is not None:
         body = plan.rewrite_body(body)
     ctx.keep_delivered(body)
@@ -159,7 +166,10 @@ async def _relay_stream(
         headers.extend(plan.extra_headers)
     framer = sse.EventFramer()
     rewrite = plan.rewrite_event
+    event_usage = plan.event_usage
+    ends = plan.stream_ends  # typed-event streams (Responses, Messages) end on an event, not [DONE]
     keep = ctx.keep_delivered
+    last: bytes | None = None
 
     async def start() -> None:
         ctx.status = resp.status
@@ -177,8 +187,8 @@ async def _relay_stream(
                         if held:
                             keep(held)
                             out.append(held)
-                elif ev.startswith(b"data:"):
-                    usage = sse.event_usage(ev)
+                elif ev.startswith(b"data:") or ev.startswith(b"event:"):
+                    usage = event_usage(ev)
                     if usage is not None:
                         ctx.usage = usage
                         if plan.strip_usage and sse.is_usage_only(ev):
@@ -189,6 +199,9 @@ async def _relay_stream(
                             continue
                         ev = new
                     keep(ev)
+                    if ends is not None and ends(ev):
+                        ctx.completed = True
+                    last = ev
                 out.append(ev)
             if not out:
                 continue
@@ -197,7 +210,8 @@ async def _relay_stream(
             await send({"type": "http.response.body", "body": out[0] if len(out) == 1 else b"".join(out), "more_body": True})
         if not ctx.completed:
             partial = " (partial event dropped)" if framer.rest() else ""
-            raise aiohttp.ClientPayloadError("stream ended without [DONE]" + partial)
+            end = "its final event" if ends is not None else "[DONE]"
+            raise aiohttp.ClientPayloadError(f"stream ended without {end}{partial}")
     except (aiohttp.ClientError, TimeoutError) as e:
         # The engine died, stalled past stream_idle, or cut the stream: end it cleanly
         # with an error event the SDKs understand, never a hang.
@@ -208,7 +222,7 @@ async def _relay_stream(
             msg = f"The backend failed mid-stream: {ctx.error}"
         if ctx.first_byte_at is None:
             await start()
-        await send({"type": "http.response.body", "body": sse_error_event(msg), "more_body": False})
+        await send({"type": "http.response.body", "body": plan.stream_error(msg, last), "more_body": False})
         ctx.upstream_time += time.monotonic() - started
         return
     ctx.upstream_time += time.monotonic() - started

@@ -281,3 +281,14 @@ def test_sleep_mode_adds_the_flag_and_dev_mode_env() -> None:
     # The user's own env wins (a deployment that must not expose the dev endpoints).
     off = one("{engine: vllm, model: /m, sleep: 1, env: {VLLM_SERVER_DEV_MODE: '0'}}")
     assert off.env["VLLM_SERVER_DEV_MODE"] == "0"
+
+
+def test_rerank_and_transcription_kinds_get_their_engine_flags() -> None:
+    vllm = one("{engine: vllm, model: /m, kind: rerank}")
+    assert vllm.argv[-4:] == ["--runner", "pooling", "--convert", "classify"]
+    # The user's own task/runner choice (older vLLM: `--task score`) wins: nothing is added.
+    assert "--convert" not in one("{engine: vllm, model: /m, kind: rerank, args: [--task, score]}").argv
+    assert "--runner" not in one("{engine: vllm, model: /m, kind: transcription}").argv
+    sim = one("{engine: sim, model: /m, kind: rerank}")
+    assert sim.argv[-4:] == ["--runner", "pooling", "--convert", "classify"]
+    assert one("{engine: sim, model: /m, kind: transcription}").argv[-1] == "--transcription"
