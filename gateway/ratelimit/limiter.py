@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.ratelimit")
 
 RETRY_AFTER_MAX_S = 60
-REDIS_BACKOFF_S = 1.0  # after a Redis error, decide locally this long before trying again
+# Retry-After for a refusal decided without Redis: about when the heartbeat probes it again.
+REDIS_BACKOFF_S = 1.0
 
 
 @dataclass(eq=False)
@@ -89,7 +90,6 @@ class Limiter:
         self.degraded: dict[str, int] = {}  # reason -> decisions taken without Redis
         self._seeded: set[tuple[str, str]] = set()
         self._seeding: dict[tuple[str, str], asyncio.Future[None]] = {}
-        self._down_until = 0.0
         self._bad_budgets: set[str] = set()
         self._seed_logged: dict[str, float] = {}
 
@@ -164,8 +164,8 @@ class Limiter:
         fb, counters = self.fallback, self.counters
         if fb is None or not isinstance(counters, RedisCounters):
             return await counters.admit(req), False
-        if time.monotonic() < self._down_until:
-            return self._degraded(req, "backoff"), True  # Redis failed a moment ago: do not wait on it
+        if not counters.reachable:
+            return self._degraded(req, "backoff"), True  # Redis failed and no heartbeat got through since
         try:
             if counters.unsynced:
                 await counters.replay_unsynced()
@@ -263,9 +263,14 @@ class Limiter:
         used = used_tokens(ctx)
         if self.fallback is not None:
             self.fallback.settle_now(req, used, lease=True)
+        counters = self.counters
+        if isinstance(counters, RedisCounters) and not counters.reachable:
+            # Known down: waiting out a timeout would hold the client's connection for nothing.
+            # The tokens stay in this replica's own window (above); Redis misses them.
+            return
         try:
             # A degraded admission holds no slot in Redis; its tokens and budget still go there.
-            await self.counters.settle(req, used, lease=not adm.degraded)
+            await counters.settle(req, used, lease=not adm.degraded)
         except Exception as e:
             self._counters_failed(e)
 
@@ -296,17 +301,17 @@ class Limiter:
             fut.set_result(None)
 
     def _counters_failed(self, e: Exception) -> None:
-        if time.monotonic() >= self._down_until:
-            n = self.counters.replicas if isinstance(self.counters, RedisCounters) else 1
-            log.warning(
-                "rate limit store failed (%s: %s); for %.0fs each admission is decided here, "
-                "against this replica's share (1/%d) of each limit",
-                type(e).__name__,
-                e,
-                REDIS_BACKOFF_S,
-                n,
-            )
-        self._down_until = time.monotonic() + REDIS_BACKOFF_S
+        counters = self.counters
+        if not isinstance(counters, RedisCounters) or not counters.reachable:
+            return
+        counters.reachable = False  # until the heartbeat gets through again
+        log.warning(
+            "rate limit store failed (%s: %s); until its heartbeat succeeds, each admission is decided "
+            "here, against this replica's share (1/%d) of each limit",
+            type(e).__name__,
+            e,
+            counters.replicas,
+        )
 
     async def close(self) -> None:
         await self.counters.close()

@@ -229,6 +229,9 @@ class RedisCounters:
         self._replay = self.r.register_script(_REPLAY)
         self.replica_id = uuid.uuid4().hex
         self.replicas = 1  # last known number of live replicas (this one included)
+        # False from a failed call until the heartbeat gets through again: while Redis is known
+        # to be down no request waits on it; the heartbeat is the only probe.
+        self.reachable = True
         self.leases: dict[str, str] = {}  # lease id -> concurrency zset, for refreshing
         # Admissions the limiter decided locally while Redis was unreachable (request, when
         # by the monotonic clock), logged here by the next admission or heartbeat.
@@ -307,7 +310,9 @@ class RedisCounters:
             try:
                 await self.beat()
                 failing = False
+                self.reachable = True
             except Exception as e:
+                self.reachable = False
                 if not failing:
                     log.warning("rate limit heartbeat failed (%s); assuming %d replica(s)", e, self.replicas)
                 failing = True
