@@ -46,6 +46,7 @@ class RequestContext:
     ended: float | None = None
     # Usage as reported by the engine (`usage` object), or None if it sent none.
     usage: dict[str, Any] | None = None
+    usage_estimated: bool = False  # the gateway corrected `usage` by counting (proxy.n_usage)
     # What the client received, kept only so a cut-short stream can be metered by counting
     # it: SSE `data:` events without their envelope (id, object, created, model), in one
     # buffer (no per-event object), or a non-stream body. Read by metering.estimate.

@@ -10,6 +10,7 @@ aborts the request and frees its batch slot.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -21,7 +22,7 @@ from ..routing.backend import Backend
 from ..routing.pool import Pool
 from ..routing.request import Completion, completion_from_usage
 from ..server.asgi import RawHeaders, Send
-from . import sse
+from . import n_usage, sse
 from .bodyedit import request_for_backend
 from .headers import request_headers, response_headers
 from .plan import Plan
@@ -132,6 +133,8 @@ async def _relay_body(
 ) -> None:
     body = await resp.read()
     ctx.upstream_time += time.monotonic() - started
+    if plan.recount_choices is not None and resp.status < 400:
+        body, ctx.usage_estimated = await asyncio.to_thread(n_usage.count_every_choice, body, plan.recount_choices)
     ctx.usage = sse.body_usage(body)
     if plan.rewrite_body is not None:
         body = plan.rewrite_body(body)
@@ -181,8 +184,10 @@ async def _relay_stream(
                     usage = sse.event_usage(ev)
                     if usage is not None:
                         ctx.usage = usage
-                        if plan.strip_usage and sse.is_usage_only(ev):
-                            continue
+                        if plan.strip_usage:
+                            if sse.is_usage_only(ev):
+                                continue
+                            ev = sse.without_usage(ev)
                     if rewrite is not None:
                         new = rewrite(ev)
                         if new is None:

@@ -77,18 +77,7 @@ def test_ledger_equals_engine_counters(client: OpenAI, gateway: Gateway, engines
     assert_ledger_matches(gateway, pool, traffic)
 
 
-@pytest.mark.parametrize(
-    "pool",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(
-            strict=True,
-            reason="gateway bug: a stream the client cuts short is estimated with the bundled cl100k "
-            "tokenizer instead of the engine's own figures (continuous_usage_stats on vLLM) or the "
-            "model's tokenizer.json (llama.cpp)",
-        ))
-        for p in CHAT_POOLS
-    ],
-)
+@pytest.mark.parametrize("pool", CHAT_POOLS)
 def test_ledger_of_a_cut_short_stream(gateway: Gateway, pool: str) -> None:
     def traffic() -> None:
         # Words the tiny model's tokenizer splits very differently from cl100k, so an
