@@ -203,6 +203,11 @@ async def _relay_stream(
         if not ctx.completed:
             partial = " (partial event dropped)" if framer.rest() else ""
             raise aiohttp.ClientPayloadError("stream ended without [DONE]" + partial)
+    except asyncio.CancelledError:
+        # The client left. Usage the engine already sent (continuous_usage_stats) may sit
+        # unread in our buffer: take the latest, so the ledger has the engine's own figures.
+        _take_buffered_usage(resp, framer, ctx)
+        raise
     except (aiohttp.ClientError, TimeoutError) as e:
         # The engine died, stalled past stream_idle, or cut the stream: end it cleanly
         # with an error event the SDKs understand, never a hang.
@@ -221,3 +226,16 @@ async def _relay_stream(
         await start()
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+
+def _take_buffered_usage(resp: aiohttp.ClientResponse, framer: sse.EventFramer, ctx: RequestContext) -> None:
+    """Read what the engine sent that we have not relayed (no waiting) for its last usage."""
+    try:
+        data = resp.content.read_nowait()
+    except Exception:  # the connection may already be torn down; nothing to take then
+        return
+    if not data or b'"usage"' not in data:
+        return
+    for ev in framer.feed(data):
+        usage = sse.event_usage(ev)
+        if usage is not None:
+            ctx.usage = usage

@@ -61,3 +61,14 @@ def not_supported(api: str) -> ApiError:
     NotImplementedError("The model does not support <API>"), which its exception handler
     renders as 501 NotImplementedError (serve/exception_handling/error_response.py)."""
     return ApiError(501, f"The model does not support {api}", "NotImplementedError")
+
+
+class RouteNotMounted(ApiError):
+    """A route vLLM 0.32 does not mount for this model kind (embeddings on a generative
+    model, chat/completions on an embedding model): FastAPI's bare 404."""
+
+    def __init__(self) -> None:
+        super().__init__(404, "Not Found")
+
+    def body(self) -> bytes:
+        return b'{"detail":"Not Found"}'

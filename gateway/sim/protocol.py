@@ -45,6 +45,7 @@ class GenRequest:
     prompts: list[Prompt]
     stream: bool = False
     include_usage: bool = False
+    continuous_usage: bool = False  # stream_options.continuous_usage_stats: usage on every chunk
     n: int = 1
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
@@ -86,7 +87,8 @@ def check_model(body: dict[str, Any], cfg: SimConfig) -> str:
 
 def ensure_served(model: str, cfg: SimConfig) -> None:
     if model not in cfg.served_model_names:
-        raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        raise ApiError(404, f"The model `{model}` does not exist. Valid aliases: {', '.join(cfg.served_model_names)}.",
+                       "NotFoundError", "model")
 
 
 def _opt_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
@@ -124,6 +126,8 @@ def _common(body: dict[str, Any], cfg: SimConfig, req: GenRequest, max_name: str
         if not req.stream:
             raise bad_request("Stream options can only be defined when `stream=True`.", "stream_options")
         req.include_usage = _opt_bool(opts, "include_usage")
+        # vLLM sends running usage only together with the usage chunk (include_usage).
+        req.continuous_usage = req.include_usage and _opt_bool(opts, "continuous_usage_stats")
     req.n = _opt_int(body, "n", 1) or 1
     if req.n > 1024:
         raise bad_request("n must be at most 1024.", "n")
