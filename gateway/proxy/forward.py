@@ -204,9 +204,8 @@ async def _relay_stream(
             partial = " (partial event dropped)" if framer.rest() else ""
             raise aiohttp.ClientPayloadError("stream ended without [DONE]" + partial)
     except asyncio.CancelledError:
-        # The client left. Usage the engine already sent (continuous_usage_stats) may sit
-        # unread in our buffer: take the latest, so the ledger has the engine's own figures.
-        _take_buffered_usage(resp, framer, ctx)
+        # The client left: what the engine already sent may sit unread in our buffer.
+        _take_buffered(resp, framer, ctx)
         raise
     except (aiohttp.ClientError, TimeoutError) as e:
         # The engine died, stalled past stream_idle, or cut the stream: end it cleanly
@@ -227,15 +226,22 @@ async def _relay_stream(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _take_buffered_usage(resp: aiohttp.ClientResponse, framer: sse.EventFramer, ctx: RequestContext) -> None:
-    """Read what the engine sent that we have not relayed (no waiting) for its last usage."""
+def _take_buffered(resp: aiohttp.ClientResponse, framer: sse.EventFramer, ctx: RequestContext) -> None:
+    """Account for what the engine sent that we had not relayed when the client left.
+
+    Read without waiting: the engine's latest running usage (continuous_usage_stats) is
+    its own figure; otherwise the events join what the estimate counts, since the engine
+    generated (and counted) those tokens whether or not the client saw them.
+    """
     try:
         data = resp.content.read_nowait()
     except Exception:  # the connection may already be torn down; nothing to take then
         return
-    if not data or b'"usage"' not in data:
-        return
-    for ev in framer.feed(data):
+    for ev in framer.feed(data) if data else ():
+        if not ev.startswith(b"data:") or sse.is_done(ev):
+            continue
         usage = sse.event_usage(ev)
         if usage is not None:
             ctx.usage = usage
+        elif ctx.usage is None:
+            ctx.keep_delivered(ev)
