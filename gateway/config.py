@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 EngineName = Literal["vllm", "sglang", "lmdeploy", "llamacpp", "sim", "command"]
-PoolKind = Literal["chat", "embedding"]
+PoolKind = Literal["chat", "embedding", "rerank", "transcription"]
 Reasoning = Literal["none", "passthrough", "deepseek_r1", "think_tags"]
 BalancerName = Literal["cache_aware", "least_outstanding", "round_robin", "random", "speed_aware"]
 

@@ -26,7 +26,7 @@ DELIVERED_KEEP_BYTES = 64 * 1024
 @dataclass(eq=False)
 class RequestContext:
     request_id: str
-    endpoint: str  # "chat" | "completions" | "embeddings"
+    endpoint: str  # `Route.endpoint`: "chat", "completions", "embeddings", "messages", ...
     started: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
     key: Key | None = None
@@ -47,6 +47,9 @@ class RequestContext:
     # Usage as reported by the engine (`usage` object), or None if it sent none.
     usage: dict[str, Any] | None = None
     usage_estimated: bool = False  # the gateway corrected `usage` by counting (proxy.n_usage)
+    # The stream's usage is exact only if it completed (Messages: `message_start` has the
+    # input alone); a cut stream's output is then estimated from what was delivered.
+    usage_needs_end: bool = False
     # What the client received, kept only so a cut-short stream can be metered by counting
     # it: SSE `data:` events without their envelope (id, object, created, model), in one
     # buffer (no per-event object), or a non-stream body. Read by metering.estimate.

@@ -79,3 +79,38 @@ def invalid_api_key(detail: str = "Invalid API key provided.") -> GatewayError:
 
 def service_unavailable(message: str, retry_after: int = 1, code: str = "service_unavailable") -> GatewayError:
     return GatewayError(503, message, code, headers={"retry-after": str(retry_after)})
+
+
+# status -> Anthropic error `type` (https://docs.anthropic.com/en/api/errors)
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    return _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def anthropic_body(e: GatewayError) -> bytes:
+    """`{"type": "error", "error": {"type", "message"}}` for the Anthropic routes.
+
+    An engine's error arrives already normalised to OpenAI's shape (`raw_body`); only its
+    message is kept, and the type follows the status as Anthropic's API would send it.
+    """
+    message = e.message
+    if e.raw_body is not None:
+        try:
+            obj = orjson.loads(e.raw_body)
+            inner = obj.get("error") if isinstance(obj, dict) else None
+            if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+                message = inner["message"]
+        except orjson.JSONDecodeError:
+            pass
+    return orjson.dumps({"type": "error", "error": {"type": anthropic_error_type(e.status), "message": message}})

@@ -103,3 +103,11 @@ def test_readme_config_example_is_a_valid_config() -> None:
     pool = cfg.pools["qwen3-8b"]
     assert pool.spawn[0].replicas == 2 and pool.endpoints == ["http://10.0.0.7:8000/v1"]
     assert cfg.server.upstream_client == "raw" and cfg.engines.endpoint_health.metrics_interval == 1
+
+
+def test_pool_kinds_are_validated() -> None:
+    for kind in ("chat", "embedding", "rerank", "transcription"):
+        cfg = config.loads(BASE + f"pools:\n  p: {{kind: {kind}, endpoints: [http://127.0.0.1:9/v1]}}\n", {})
+        assert cfg.pools["p"].kind == kind
+    msg = err(BASE + "pools:\n  p: {kind: score, endpoints: [http://127.0.0.1:9/v1]}\n")
+    assert "kind" in msg and "rerank" in msg and "transcription" in msg

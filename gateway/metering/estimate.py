@@ -44,6 +44,20 @@ def prompt_tokens(endpoint: str, body: dict[str, Any] | None, count: Count = tok
         )
     if endpoint == "embeddings":
         return tokens.count_prompt(body.get("input"), count)
+    if endpoint == "responses":
+        inp = body.get("input")
+        if isinstance(inp, list):
+            msgs = [m for m in inp if isinstance(m, dict)]
+            return tokens.count_chat_prompt(msgs, None, count)
+        return tokens.count_prompt(inp, count)
+    if endpoint == "messages":
+        # Normally unused: a Messages stream reports its input in `message_start`.
+        messages = body.get("messages")
+        msgs = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+        system = body.get("system")
+        if isinstance(system, str) and system:
+            msgs = [{"role": "system", "content": system}, *msgs]
+        return tokens.count_chat_prompt(msgs, None, count)
     return tokens.count_prompt(body.get("prompt"), count)
 
 
@@ -140,6 +154,10 @@ def completion(
     for ev in events(delivered):
         raw = ev.get("choices")
         if not isinstance(raw, list):
+            text = _typed_delta(ev)
+            if text is not None:
+                n_events += 1
+                choices.setdefault(0, _Choice()).text.append(text)
             continue
         n_events += 1
         for pos, c in enumerate(raw):
@@ -155,6 +173,31 @@ def completion(
     if dropped and n_events:
         kept += round(dropped * kept / n_events)
     return bool(choices), kept
+
+
+# Responses stream events whose `delta` string is generated output.
+_RESPONSES_DELTAS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.function_call_arguments.delta",
+    }
+)
+
+
+def _typed_delta(ev: dict[str, Any]) -> str | None:
+    """Generated text of a Responses or Anthropic Messages stream event, if it has any."""
+    kind = ev.get("type")
+    delta = ev.get("delta")
+    if kind in _RESPONSES_DELTAS:
+        return delta if isinstance(delta, str) else None
+    if kind == "content_block_delta" and isinstance(delta, dict):
+        for k in ("text", "thinking", "partial_json"):
+            v = delta.get(k)
+            if isinstance(v, str):
+                return v
+    return None
 
 
 def reported_usage(delivered: Iterable[bytes | bytearray]) -> dict[str, Any] | None:

@@ -48,6 +48,7 @@ class _Pending:
     body: dict[str, Any] | None
     delivered: list[bytes | bytearray]
     dropped: int = 0  # events relayed past the context's keep limit
+    prompt: int | None = None  # the engine's own prompt count, when a stream reported it early
     count: estimate.Count = tokens.count_text  # the pool's model tokenizer, when known
 
 
@@ -92,11 +93,11 @@ class UsageRecord:
             started, completion = self.status < 400, 0
         else:
             started, completion = estimate.completion(p.delivered, p.dropped, p.count)
-        if not started:
+        if not started and p.prompt is None:
             # No output reached the client: no evidence the engine even read the prompt
             # (engines count prompt tokens at prefill, which ends with the first token).
             return self
-        self.prompt_tokens = estimate.prompt_tokens(p.endpoint, p.body, p.count)
+        self.prompt_tokens = p.prompt if p.prompt is not None else estimate.prompt_tokens(p.endpoint, p.body, p.count)
         self.completion_tokens = completion
         self.total_tokens = self.prompt_tokens + completion
         return self
@@ -140,14 +141,16 @@ def from_context(ctx: RequestContext, lazy: bool = False) -> UsageRecord:
         user=ctx.user,
         error=ctx.error,
     )
-    if ctx.usage is not None:
+    partial = ctx.usage is not None and ctx.usage_needs_end and not ctx.completed
+    if ctx.usage is not None and not partial:
         rec._set_usage(ctx.usage)
         rec.estimated = ctx.usage_estimated
     elif ctx.backend is not None:
-        # Dispatched to an engine but no usage came back: count what we can see.
+        # Dispatched to an engine but no (final) usage came back: count what we can see.
         rec.estimated = True
+        known = _int(ctx.usage.get("prompt_tokens")) if ctx.usage is not None else None
         count = ctx.pool.tokenizer.count_text if ctx.pool is not None else tokens.count_text
-        rec._pending = _Pending(ctx.endpoint, ctx.body, ctx.delivered, ctx.delivered_dropped, count)
+        rec._pending = _Pending(ctx.endpoint, ctx.body, ctx.delivered, ctx.delivered_dropped, known, count)
         if not lazy:
             rec.finish_estimate()
     # Never dispatched (auth, limits, unknown model, queue full): no tokens were used.

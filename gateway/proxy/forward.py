@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import aiohttp
 
 from ..context import RequestContext
-from ..errors import GatewayError, sse_error_event
+from ..errors import GatewayError
 from ..routing.backend import Backend
 from ..routing.pool import Pool
 from ..routing.request import Completion, completion_from_usage
@@ -26,6 +27,7 @@ from . import n_usage, sse
 from .bodyedit import request_for_backend
 from .headers import request_headers, response_headers
 from .plan import Plan
+from .usage import Usage
 
 log = logging.getLogger("gateway.proxy")
 
@@ -87,13 +89,15 @@ async def _attempt(
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=t.connect, sock_read=t.stream_idle if ctx.stream else t.first_byte
     )
-    headers = request_headers(plan.client_headers, ctx.request_id, backend.api_key)
-    body = request_for_backend(plan.body, plan.parsed, backend.served_model or plan.served_default)
+    headers = request_headers(plan.client_headers, ctx.request_id, backend.api_key, plan.content_type)
+    served = backend.served_model or plan.served_default
+    body = plan.retarget(served) if plan.retarget is not None else request_for_backend(plan.body, plan.parsed, served)
+    url = (_root_url(backend.url) if plan.upstream_root else backend.url) + plan.path
     started = time.monotonic()
     if ctx.upstream_started is None:
         ctx.upstream_started = started
     try:
-        async with session.post(backend.url + plan.path, data=body, headers=headers, timeout=timeout) as resp:
+        async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
             if resp.status >= 400:
                 body = await resp.read()
                 ctx.upstream_time += time.monotonic() - started
@@ -122,6 +126,11 @@ async def _attempt(
         ) from None
 
 
+def _root_url(base: str) -> str:
+    """The engine's root URL from its base URL (`http://h:p/v1` -> `http://h:p`)."""
+    return base[:-3] if base.endswith("/v1") else base
+
+
 def _upstream_error(plan: Plan, status: int, body: bytes, content_type: str | None) -> GatewayError:
     if plan.rewrite_error is not None:
         status, body = plan.rewrite_error(status, body, content_type)
@@ -135,7 +144,7 @@ async def _relay_body(
     ctx.upstream_time += time.monotonic() - started
     if plan.recount_choices is not None and resp.status < 400:
         body, ctx.usage_estimated = await asyncio.to_thread(n_usage.count_every_choice, body, plan.recount_choices)
-    ctx.usage = sse.body_usage(body)
+    ctx.usage = plan.body_usage(body)
     if plan.rewrite_body is not None:
         body = plan.rewrite_body(body)
     ctx.keep_delivered(body)
@@ -162,7 +171,10 @@ async def _relay_stream(
         headers.extend(plan.extra_headers)
     framer = sse.EventFramer()
     rewrite = plan.rewrite_event
+    event_usage = plan.event_usage
+    ends = plan.stream_ends  # typed-event streams (Responses, Messages) end on an event, not [DONE]
     keep = ctx.keep_delivered
+    last: bytes | None = None
 
     async def start() -> None:
         ctx.status = resp.status
@@ -180,8 +192,8 @@ async def _relay_stream(
                         if held:
                             keep(held)
                             out.append(held)
-                elif ev.startswith(b"data:"):
-                    usage = sse.event_usage(ev)
+                elif ev.startswith(b"data:") or ev.startswith(b"event:"):
+                    usage = event_usage(ev)
                     if usage is not None:
                         ctx.usage = usage
                         if plan.strip_usage:
@@ -194,6 +206,9 @@ async def _relay_stream(
                             continue
                         ev = new
                     keep(ev)
+                    if ends is not None and ends(ev):
+                        ctx.completed = True
+                    last = ev
                 out.append(ev)
             if not out:
                 continue
@@ -202,10 +217,11 @@ async def _relay_stream(
             await send({"type": "http.response.body", "body": out[0] if len(out) == 1 else b"".join(out), "more_body": True})
         if not ctx.completed:
             partial = " (partial event dropped)" if framer.rest() else ""
-            raise aiohttp.ClientPayloadError("stream ended without [DONE]" + partial)
+            end = "its final event" if ends is not None else "[DONE]"
+            raise aiohttp.ClientPayloadError(f"stream ended without {end}{partial}")
     except asyncio.CancelledError:
         # The client left: what the engine already sent may sit unread in our buffer.
-        _take_buffered(resp, framer, ctx)
+        _take_buffered(resp, framer, ctx, event_usage)
         raise
     except (aiohttp.ClientError, TimeoutError) as e:
         # The engine died, stalled past stream_idle, or cut the stream: end it cleanly
@@ -217,7 +233,7 @@ async def _relay_stream(
             msg = f"The backend failed mid-stream: {ctx.error}"
         if ctx.first_byte_at is None:
             await start()
-        await send({"type": "http.response.body", "body": sse_error_event(msg), "more_body": False})
+        await send({"type": "http.response.body", "body": plan.stream_error(msg, last), "more_body": False})
         ctx.upstream_time += time.monotonic() - started
         return
     ctx.upstream_time += time.monotonic() - started
@@ -226,7 +242,9 @@ async def _relay_stream(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _take_buffered(resp: aiohttp.ClientResponse, framer: sse.EventFramer, ctx: RequestContext) -> None:
+def _take_buffered(
+    resp: aiohttp.ClientResponse, framer: sse.EventFramer, ctx: RequestContext, event_usage: Callable[[bytes], Usage | None]
+) -> None:
     """Account for what the engine sent that we had not relayed when the client left.
 
     Read without waiting: the engine's latest running usage (continuous_usage_stats) is
@@ -240,7 +258,7 @@ def _take_buffered(resp: aiohttp.ClientResponse, framer: sse.EventFramer, ctx: R
     for ev in framer.feed(data) if data else ():
         if not ev.startswith(b"data:") or sse.is_done(ev):
             continue
-        usage = sse.event_usage(ev)
+        usage = event_usage(ev)
         if usage is not None:
             ctx.usage = usage
         elif ctx.usage is None:

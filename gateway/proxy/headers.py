@@ -27,12 +27,17 @@ _HOP_BY_HOP = frozenset(
     }
 )
 # Request headers we set ourselves or must not pass on.
-_DROP_REQUEST = _HOP_BY_HOP | {b"host", b"authorization", b"accept-encoding", b"x-request-id", b"expect", b"cookie"}
+# `x-api-key` is the client's gateway key on the Anthropic routes: never an engine's business.
+_DROP_REQUEST = _HOP_BY_HOP | {
+    b"host", b"authorization", b"x-api-key", b"accept-encoding", b"x-request-id", b"expect", b"cookie",
+}  # fmt: skip
 # Response headers the gateway sets itself.
 _DROP_RESPONSE = _HOP_BY_HOP | {b"x-request-id", b"server", b"date"}
 
 
-def request_headers(client: RawHeaders, request_id: str, api_key: str | None) -> dict[str, str]:
+def request_headers(
+    client: RawHeaders, request_id: str, api_key: str | None, content_type: str = "application/json"
+) -> dict[str, str]:
     """Headers for the engine: the client's, minus hop-by-hop, with our key and request id."""
     out: dict[str, str] = {}
     for k, v in client:
@@ -41,7 +46,7 @@ def request_headers(client: RawHeaders, request_id: str, api_key: str | None) ->
         out[k.decode("latin-1")] = v.decode("latin-1")
     out["accept-encoding"] = "identity"  # we relay bytes; never make us decode a stream
     out["x-request-id"] = request_id
-    out["content-type"] = "application/json"
+    out["content-type"] = content_type
     if api_key:
         out["authorization"] = f"Bearer {api_key}"
     return out

@@ -34,10 +34,21 @@ from ..server.asgi import (
 )
 from ..server.routes import ERROR_BODIES, Route, paths_for
 from ..state import GatewayState
+from . import multipart
 from .forward import forward
-from .plan import make_plan
+from .plan import Form, make_plan
 
 log = logging.getLogger("gateway.inference")
+
+
+# A multipart form's fields the pipeline reads (model routing, streaming, the user).
+_FORM_FIELDS = ("model", "stream", "user")
+_KIND_NAMES = {
+    "chat": "a chat/completion model",
+    "embedding": "an embedding model",
+    "rerank": "a rerank/score model",
+    "transcription": "a transcription model",
+}
 
 
 def new_request_id() -> str:
@@ -51,16 +62,18 @@ async def handle(state: GatewayState, route: Route, scope: Scope, receive: Recei
     try:
         if state.draining:
             raise GatewayError(503, "The gateway is shutting down.", "shutting_down", headers={"retry-after": "1"})
-        ctx.key = authenticate(state, scope)
+        ctx.key = authenticate(state, scope, route)
         raw = await read_body(scope, receive, state.config.server.max_body_bytes)
-        body = parse_body(raw)
+        form = parse_form(scope, raw) if route.body == "multipart" else None
+        body = form.body if form is not None else parse_body(raw)
         pool = resolve(state, ctx.key, body, route)
         describe(ctx, scope, pool, body, route)
         if state.limiter is not None:
             ctx.admission = await state.limiter.admit(ctx.key, ctx)
             limit_headers = state.limiter.headers(ctx.admission)
         plan = make_plan(
-            ctx, pool, raw, body, route.upstream_path, scope["headers"], encode_headers(limit_headers) or None
+            ctx, pool, raw, body, route.upstream_path, scope["headers"], encode_headers(limit_headers) or None,
+            route=route, form=form,
         )
         assert state.http is not None
         if await run_until_disconnect(forward(state.http, pool, ctx, plan, send), receive):
@@ -81,14 +94,16 @@ async def handle(state: GatewayState, route: Route, scope: Scope, receive: Recei
         await finish(state, ctx)
 
 
-def authenticate(state: GatewayState, scope: Scope) -> Key:
-    key = state.keyring.lookup(bearer(header(scope, b"authorization")))
+def authenticate(state: GatewayState, scope: Scope, route: Route) -> Key:
+    secret = bearer(header(scope, b"authorization"))
+    if secret is None and route.x_api_key:
+        secret = header(scope, b"x-api-key") or None
+    key = state.keyring.lookup(secret)
     if key is None:
-        raise invalid_api_key(
-            "Missing API key: send `Authorization: Bearer <key>`."
-            if header(scope, b"authorization") is None
-            else "Invalid API key provided."
-        )
+        if secret is not None:
+            raise invalid_api_key("Invalid API key provided.")
+        how = "`x-api-key: <key>` or `Authorization: Bearer <key>`" if route.x_api_key else "`Authorization: Bearer <key>`"
+        raise invalid_api_key(f"Missing API key: send {how}.")
     return key
 
 
@@ -104,6 +119,18 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def parse_form(scope: Scope, raw: bytes) -> Form:
+    """A multipart upload's routing fields; the bytes themselves are forwarded unchanged."""
+    bound = multipart.boundary(header(scope, b"content-type"))
+    parts = multipart.parts(raw, bound)
+    fields = multipart.text_fields(raw, parts)
+    body: dict[str, Any] = {k: fields[k] for k in _FORM_FIELDS if k in fields}
+    if "stream" in body:
+        # Form values are strings; `describe` expects JSON's boolean.
+        body["stream"] = body["stream"].strip().lower() == "true"
+    return Form(parts=parts, body=body)
+
+
 def resolve(state: GatewayState, key: Key, body: dict[str, Any], route: Route) -> Pool:
     """The pool serving the body's `model`, if this key may use it on this route."""
     model = body.get("model")
@@ -117,7 +144,7 @@ def resolve(state: GatewayState, key: Key, body: dict[str, Any], route: Route) -
         raise model_not_found(model)
     kind = pool.cfg.kind
     if kind not in route.kinds:
-        what = "an embedding model" if kind == "embedding" else "a chat/completion model"
+        what = _KIND_NAMES.get(kind, f"a {kind} model")
         raise invalid_request(
             f"`{model}` is {what}; use {' or '.join(paths_for(kind))}.",
             param="model",
@@ -134,6 +161,7 @@ def describe(ctx: RequestContext, scope: Scope, pool: Pool, body: dict[str, Any]
     ctx.model_requested = body["model"]
     ctx.body = body
     ctx.stream = bool(stream) and route.streams
+    ctx.usage_needs_end = ctx.stream and route.usage.partial_until_end
     opts = body.get("stream_options")
     ctx.include_usage_requested = isinstance(opts, dict) and opts.get("include_usage") is True
     user = body.get("user")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -19,9 +19,13 @@ from ..context import RequestContext
 from ..metering.model_tokenizer import ModelTokenizer
 from ..routing.pool import Pool
 from ..server.asgi import RawHeaders
-from . import bodyedit, embeddings, reasoning
+from . import bodyedit, dialects, embeddings, multipart, reasoning, sse
 from .bodyedit import replace_model
 from .engine_errors import normalize_error
+from .usage import Usage
+
+if TYPE_CHECKING:
+    from ..server.routes import Route
 
 # Rewrites applied to each relayed event / non-stream body (model names, reasoning).
 EventRewrite = Callable[[bytes], bytes | None]
@@ -51,6 +55,23 @@ class Plan:
     # Set when the engine's non-stream usage counts one choice of n (llama.cpp): the
     # tokenizer to correct it with (proxy.n_usage).
     recount_choices: ModelTokenizer | None = None
+    # Where the route's answers carry usage (`proxy.usage`), and how its streams end.
+    body_usage: Callable[[bytes], Usage | None] = sse.body_usage
+    event_usage: Callable[[bytes], Usage | None] = sse.event_usage
+    stream_ends: Callable[[bytes], bool] | None = None  # None: `data: [DONE]`
+    stream_error: Callable[[str, bytes | None], bytes] = dialects.OPENAI.error_event
+    upstream_root: bool = False  # `path` is from the engine's root URL, not its /v1 base
+    content_type: str = "application/json"
+    # The body for an engine serving `model` under this name; None: the JSON `model` edit.
+    retarget: Callable[[str], bytes] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Form:
+    """A multipart upload: its parts (for the model edit) and the fields routing reads."""
+
+    parts: list[multipart.Part]
+    body: dict[str, Any]
 
 
 def make_plan(
@@ -61,13 +82,24 @@ def make_plan(
     upstream_path: str,
     client_headers: RawHeaders,
     extra_headers: RawHeaders | None = None,
+    *,
+    route: Route | None = None,
+    form: Form | None = None,
 ) -> Plan:
     """The plan for this request; may raise a 400 for input the pool cannot serve."""
     plan = Plan(
         path=upstream_path, body=raw, parsed=body, client_headers=client_headers,
         served_default=pool.served_default, extra_headers=extra_headers,
     )  # fmt: skip
-    if ctx.stream and not ctx.include_usage_requested:
+    inject_usage = True
+    if route is not None:
+        plan.body_usage, plan.event_usage = route.usage.body, route.usage.event
+        plan.stream_ends, plan.stream_error = route.stream.ends, route.stream.error_event
+        plan.upstream_root = route.upstream_root
+        inject_usage = route.stream.inject_usage
+    if form is not None:
+        _form(plan, form, client_headers)
+    if ctx.stream and inject_usage and not ctx.include_usage_requested:
         # Meter streams exactly: ask the engine for its usage chunk, hide it from the client.
         plan.body = bodyedit.with_include_usage(raw, body, pool.cfg.asks_continuous_usage)
         plan.strip_usage = True
@@ -83,6 +115,18 @@ def make_plan(
     else:
         _renamed(plan, name)
     return plan
+
+
+def _form(plan: Plan, form: Form, client_headers: RawHeaders) -> None:
+    # The upload goes out as it came: its own content-type (boundary) and bytes, with
+    # only the `model` field's value changed when the engine serves another name.
+    plan.content_type = next((v.decode("latin-1") for k, v in client_headers if k == b"content-type"), "")
+    raw, requested = plan.body, form.body.get("model")
+
+    def retarget(served: str) -> bytes:
+        return raw if served == requested else multipart.with_field(raw, form.parts, "model", served)
+
+    plan.retarget = retarget
 
 
 def _renamed(plan: Plan, name: bytes) -> None:

@@ -11,6 +11,17 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
 
 DEFAULT_MAX_TOKENS = {"chat": 1024, "completions": 16, "embeddings": 0}
+# Routes whose body is a chat-style `messages` list (Anthropic's included).
+_MESSAGES_ROUTES = frozenset({"chat", "messages", "count_tokens"})
+# Routes that generate nothing: charged their prompt only.
+_NO_OUTPUT = frozenset({"embeddings", "rerank", "score", "tokenize", "detokenize", "count_tokens"})
+# Where other routes keep their input.
+_INPUT_FIELDS = {
+    "embeddings": ("input",),
+    "responses": ("input", "instructions"),
+    "rerank": ("query", "documents"),
+    "score": ("text_1", "text_2", "queries", "documents"),
+}
 MAX_TOKENS_CAP = 4096  # the most a single choice is charged at admission
 
 
@@ -29,7 +40,7 @@ def _chars(v: Any) -> int:
 def rough_prompt_tokens(endpoint: str, body: dict[str, Any] | None) -> int:
     if not isinstance(body, dict):
         return 0
-    if endpoint == "chat":
+    if endpoint in _MESSAGES_ROUTES:
         msgs = body.get("messages")
         chars = 0
         if isinstance(msgs, list):
@@ -37,15 +48,15 @@ def rough_prompt_tokens(endpoint: str, body: dict[str, Any] | None) -> int:
         if body.get("tools"):
             chars += len(orjson.dumps(body["tools"]))
         return chars // 4 + 3
-    return _chars(body.get("input" if endpoint == "embeddings" else "prompt")) // 4
+    return sum(_chars(body.get(f)) for f in _INPUT_FIELDS.get(endpoint, ("prompt",))) // 4
 
 
 def admission_cost(endpoint: str, body: dict[str, Any] | None) -> int:
     """Tokens charged up front: rough prompt + requested max output (capped) x choices."""
     prompt = rough_prompt_tokens(endpoint, body)
-    if endpoint == "embeddings" or not isinstance(body, dict):
+    if endpoint in _NO_OUTPUT or not isinstance(body, dict):
         return prompt
-    mt = body.get("max_completion_tokens") or body.get("max_tokens")
+    mt = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     out = mt if isinstance(mt, int) and mt > 0 else DEFAULT_MAX_TOKENS.get(endpoint, 1024)
     n = body.get("n")
     choices = n if isinstance(n, int) and 0 < n <= 16 else 1

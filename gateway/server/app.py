@@ -18,13 +18,13 @@ from ..keys.auth import KeyRing, bearer
 from ..keys.sync import KeySync
 from ..metering import Meter
 from ..metrics import Metrics
-from ..proxy import pipeline
+from ..proxy import lookup, pipeline
 from ..proxy.client import make_session
 from ..ratelimit import Limiter
 from ..routing.pool import wake_pools
 from ..state import GatewayState, build_names, build_pools
 from .asgi import Receive, Scope, Send, header, send_json, send_response
-from .routes import ROUTES
+from .routes import find_route
 
 log = logging.getLogger("gateway")
 
@@ -50,10 +50,12 @@ class GatewayApp:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            route = ROUTES.get(path)
+            route = find_route(path)
             if route is not None:
                 if scope["method"] != route.method:
                     return await _error(send, _method_not_allowed(route.method))
+                if route.by_id:
+                    return await lookup.handle(self.state, route, scope, receive, send)
                 return await pipeline.handle(self.state, route, scope, receive, send)
             if path.startswith("/admin"):
                 return await self._admin_app()(scope, receive, send)
@@ -89,7 +91,8 @@ class GatewayApp:
             await _error(send, e)
 
     def _key_for_listing(self, scope: Scope) -> Any:
-        key = self.state.keyring.lookup(bearer(header(scope, b"authorization")))
+        # Anthropic SDKs list models with `x-api-key`, like they call /v1/messages.
+        key = self.state.keyring.lookup(bearer(header(scope, b"authorization")) or header(scope, b"x-api-key"))
         if key is None:
             raise invalid_api_key()
         return key

@@ -269,3 +269,14 @@ def test_gateway_check_passes_on_every_example(path: Path, capsys: pytest.Captur
 
 def test_examples_cover_deployments_1_to_8() -> None:
     assert [p.name[:2] for p in sorted(EXAMPLES.glob("*.yaml"))] == ["01", "02", "03", "04", "05", "06", "07", "08"]
+
+
+def test_rerank_and_transcription_kinds_get_their_engine_flags() -> None:
+    vllm = one("{engine: vllm, model: /m, kind: rerank}")
+    assert vllm.argv[-4:] == ["--runner", "pooling", "--convert", "classify"]
+    # The user's own task/runner choice (older vLLM: `--task score`) wins: nothing is added.
+    assert "--convert" not in one("{engine: vllm, model: /m, kind: rerank, args: [--task, score]}").argv
+    assert "--runner" not in one("{engine: vllm, model: /m, kind: transcription}").argv
+    sim = one("{engine: sim, model: /m, kind: rerank}")
+    assert sim.argv[-4:] == ["--runner", "pooling", "--convert", "classify"]
+    assert one("{engine: sim, model: /m, kind: transcription}").argv[-1] == "--transcription"

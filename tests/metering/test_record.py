@@ -41,3 +41,35 @@ def test_usage_chunk_the_client_received_wins_over_an_estimate() -> None:
     events = [chunk([{"index": 0, "delta": {"content": " x"}}]), chunk([], usage=usage(3, 1))]
     rec = from_context(ctx(stream=True, delivered=events))
     assert (rec.total_tokens, rec.estimated) == (4, False)
+
+
+def _typed(event: str, obj: dict) -> bytes:
+    import orjson
+
+    return f"event: {event}\ndata: ".encode() + orjson.dumps(obj) + b"\n\n"
+
+
+def test_cut_messages_stream_keeps_the_engines_prompt_and_estimates_the_output() -> None:
+    delivered = [
+        _typed("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 21}}}),
+        _typed("content_block_delta", {"type": "content_block_delta", "delta": {"type": "thinking_delta",
+                                                                                 "thinking": " deep"}}),
+        _typed("content_block_delta", {"type": "content_block_delta", "delta": {"type": "text_delta",
+                                                                                 "text": " sea waves"}}),
+    ]
+    c = ctx(endpoint="messages", stream=True, delivered=delivered, usage=usage(21, 0), usage_needs_end=True,
+            completed=False)
+    rec = from_context(c)
+    assert rec.estimated and rec.prompt_tokens == 21
+    assert rec.completion_tokens == tokens.count_text(" deep") + tokens.count_text(" sea waves")
+    # The same stream, completed: message_delta's usage is exact.
+    c = ctx(endpoint="messages", stream=True, delivered=delivered, usage=usage(21, 5), usage_needs_end=True,
+            completed=True)
+    assert (from_context(c).completion_tokens, from_context(c).estimated) == (5, False)
+
+
+def test_cut_responses_stream_is_estimated_from_its_text_deltas() -> None:
+    delivered = [_typed("response.output_text.delta", {"type": "response.output_text.delta", "delta": " hello"})]
+    rec = from_context(ctx(endpoint="responses", stream=True, delivered=delivered, body={"input": "say hi"}))
+    assert rec.estimated and rec.prompt_tokens == tokens.count_text("say hi")
+    assert rec.completion_tokens == tokens.count_text(" hello")

@@ -25,6 +25,15 @@ def test_request_headers_replace_key_and_drop_hop_by_hop() -> None:
     assert "authorization" not in request_headers(client, "r", None)
 
 
+def test_anthropic_client_key_never_reaches_the_engine_and_uploads_keep_their_type() -> None:
+    client = [(b"x-api-key", b"client-secret"), (b"anthropic-version", b"2023-06-01")]
+    h = request_headers(client, "r", "upstream-key")
+    assert "x-api-key" not in h and h["authorization"] == "Bearer upstream-key"
+    assert h["anthropic-version"] == "2023-06-01" and h["content-type"] == "application/json"
+    ctype = "multipart/form-data; boundary=x"
+    assert request_headers(client, "r", None, ctype)["content-type"] == ctype
+
+
 def test_response_headers_drop_framing() -> None:
     out = dict(response_headers({"Content-Encoding": "gzip", "Transfer-Encoding": "chunked", "X-Engine": "v"}))
     assert out == {b"x-engine": b"v"}

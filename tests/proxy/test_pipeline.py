@@ -63,10 +63,13 @@ def test_wrong_pool_kind_names_the_routes_that_serve_it() -> None:
     st, k = state(), Key(name="a", key_sha256="0" * 64)
     with pytest.raises(GatewayError) as e:
         resolve(st, k, {"model": "emb"}, CHAT)
-    assert e.value.message == "`emb` is an embedding model; use /v1/embeddings."
+    assert e.value.message == "`emb` is an embedding model; use /v1/embeddings or /v1/rerank or /v1/score."
     with pytest.raises(GatewayError) as e:
         resolve(st, k, {"model": "chat"}, EMBEDDINGS)
-    assert e.value.message == "`chat` is a chat/completion model; use /v1/chat/completions or /v1/completions."
+    assert e.value.message == (
+        "`chat` is a chat/completion model; use /v1/chat/completions or /v1/completions or /v1/responses"
+        " or /v1/messages or /v1/messages/count_tokens."
+    )
     assert code_of(e) == (400, "model_not_supported_on_endpoint")
 
 

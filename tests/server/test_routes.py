@@ -15,9 +15,15 @@ from gateway.server.routes import ERROR_BODIES, ROUTES, Route, paths_for
 
 
 def test_table_is_keyed_by_path_and_entries_are_frozen() -> None:
-    assert list(ROUTES) == ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    assert list(ROUTES) == [
+        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+        "/v1/messages/count_tokens", "/v1/rerank", "/rerank", "/v2/rerank", "/v1/score", "/score",
+        "/tokenize", "/detokenize", "/v1/audio/transcriptions",
+    ]  # fmt: skip
     for path, route in ROUTES.items():
-        assert route.path == path and route.upstream_path == path.removeprefix("/v1")
+        # Each spelling goes to the same spelling on the engine (vLLM serves them all).
+        upstream = route.upstream_path if route.upstream_root else "/v1" + route.upstream_path
+        assert route.path == path and upstream == path
         assert route.errors in ERROR_BODIES and route.kinds
     with pytest.raises(dataclasses.FrozenInstanceError):
         ROUTES["/v1/completions"].endpoint = "x"  # type: ignore[misc]
@@ -25,8 +31,28 @@ def test_table_is_keyed_by_path_and_entries_are_frozen() -> None:
 
 
 def test_paths_for_each_pool_kind_follow_table_order() -> None:
-    assert paths_for("chat") == ["/v1/chat/completions", "/v1/completions"]
-    assert paths_for("embedding") == ["/v1/embeddings"]
+    assert paths_for("chat") == [
+        "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/v1/messages/count_tokens",
+    ]  # fmt: skip
+    assert paths_for("embedding") == ["/v1/embeddings", "/v1/rerank", "/v1/score"]
+    assert paths_for("rerank") == ["/v1/rerank", "/v1/score"]
+    assert paths_for("transcription") == ["/v1/audio/transcriptions"]
+
+
+def test_each_route_declares_its_usage_stream_and_error_dialects() -> None:
+    from gateway.proxy import dialects, usage
+
+    assert ROUTES["/v1/responses"].usage is usage.RESPONSES and ROUTES["/v1/responses"].stream is dialects.RESPONSES
+    msgs = ROUTES["/v1/messages"]
+    assert msgs.errors == "anthropic" and msgs.x_api_key and msgs.usage is usage.MESSAGES
+    assert ROUTES["/v1/messages/count_tokens"].errors == "anthropic" and not ROUTES["/v1/messages/count_tokens"].streams
+    assert all(ROUTES[p].usage is usage.POOLING for p in ("/v1/rerank", "/rerank", "/v2/rerank", "/v1/score", "/score"))
+    assert ROUTES["/tokenize"].usage is usage.NO_TOKENS and ROUTES["/tokenize"].upstream_root
+    assert ROUTES["/v1/audio/transcriptions"].body == "multipart"
+    assert not ROUTES["/v1/audio/transcriptions"].stream.inject_usage
+    # Only the Anthropic routes take x-api-key; everything else is OpenAI-shaped.
+    assert {p for p, r in ROUTES.items() if r.x_api_key} == {"/v1/messages", "/v1/messages/count_tokens"}
+    assert {p for p, r in ROUTES.items() if r.errors == "anthropic"} == {"/v1/messages", "/v1/messages/count_tokens"}
 
 
 def _call(app: Any, method: str, path: str) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -60,3 +86,14 @@ def test_app_dispatches_by_the_table_and_answers_405_with_allow() -> None:
 def test_a_route_is_one_entry() -> None:
     r = Route("/v1/x", "x", "/x", frozenset({"chat"}))
     assert (r.method, r.errors, r.streams) == ("POST", "openai", True)
+
+
+def test_id_routes_match_by_shape_after_the_exact_table() -> None:
+    from gateway.server.routes import ID_ROUTES, find_route
+
+    retrieve, cancel = (r for r in sorted(ID_ROUTES, key=lambda r: r.path))
+    assert find_route("/v1/responses") is ROUTES["/v1/responses"]
+    assert find_route("/v1/responses/resp_1") is retrieve and retrieve.method == "GET" and retrieve.by_id
+    assert find_route("/v1/responses/resp_1/cancel") is cancel and cancel.method == "POST"
+    assert find_route("/v1/responses/") is None and find_route("/v1/responses/a/b") is None
+    assert find_route("/v1/responses//cancel") is None and find_route("/v1/nothing") is None

@@ -21,6 +21,12 @@ def _build(req: LaunchRequest, a: Argv) -> None:
         a.flag("--api-key", req.api_key)
     if req.kind == "embedding":
         a.flag("--embedding")
+    elif req.kind == "rerank":
+        # vLLM 0.32's flags for a cross-encoder (the sim takes the same).
+        a.flag("--runner", "pooling")
+        a.flag("--convert", "classify")
+    elif req.kind == "transcription":
+        a.flag("--transcription")
 
 
 LAUNCHER = Launcher(

@@ -2,6 +2,8 @@
 
 Metrics are on by default. Embedding mode is left to the user's args (`--task embed` on
 older versions, `--runner pooling` on newer): guessing the flag would break one of them.
+A `rerank` pool gets `--runner pooling --convert classify` unless its args set `--task` or
+`--runner`; a `transcription` pool needs no flag (vLLM picks the task from the model).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ def _build(req: LaunchRequest, a: Argv) -> None:
         a.flag(("--tensor-parallel-size", "-tp"), str(req.tensor_parallel))
     if req.api_key:
         a.flag("--api-key", req.api_key)
+    if req.kind == "rerank" and not a.user_has("--task", "--runner"):
+        # A cross-encoder for /rerank and /score (vLLM >= 0.11 flags; older ones: `--task score`).
+        a.flag("--runner", "pooling")
+        a.flag("--convert", "classify")
 
 
 LAUNCHER = Launcher(

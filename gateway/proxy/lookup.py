@@ -1,0 +1,105 @@
+"""Routes that name a stored object instead of a model: `GET /v1/responses/{id}` and
+`POST /v1/responses/{id}/cancel`.
+
+vLLM keeps stored responses in the memory of the one engine process that produced them
+(only with `VLLM_ENABLE_RESPONSES_API_STORE=1`), and the id does not say which. So the
+gateway asks the backends of the pools the key may use, one after another, and relays
+the first answer that is not a 404. These requests run no model: they cost no tokens,
+take no batch slot and are recorded as requests of their route's endpoint.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import aiohttp
+
+from ..context import RequestContext
+from ..errors import GatewayError
+from ..server.asgi import Receive, Scope, Send, encode_headers, header, read_body, send_response
+from ..server.routes import ERROR_BODIES, Route
+from ..state import GatewayState
+from .bodyedit import replace_model
+from .engine_errors import normalize_error
+from .headers import request_headers
+from .pipeline import authenticate, finish, new_request_id
+
+_ID = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
+_MAX_BODY = 64 * 1024  # a cancel carries no body; anything big is not for us
+
+
+def object_id(route: Route, path: str) -> str:
+    """The id in `path` for a route declared as `/prefix/{id}[/suffix]`."""
+    prefix, _, suffix = route.path.partition("{id}")
+    oid = path[len(prefix) : len(path) - len(suffix)] if suffix else path[len(prefix) :]
+    if not _ID.match(oid):
+        raise GatewayError(400, f"Invalid id {oid!r}.", "invalid_request", "response_id")
+    return oid
+
+
+async def handle(state: GatewayState, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+    ctx = RequestContext(
+        request_id=header(scope, b"x-request-id") or new_request_id(), endpoint=route.endpoint
+    )
+    try:
+        ctx.key = authenticate(state, scope, route)
+        await read_body(scope, receive, _MAX_BODY)
+        oid = object_id(route, scope["path"])
+        status, body, ctype = await _ask_backends(state, ctx, route, oid)
+        ctx.status = status
+        ctx.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        ctx.completed = True
+        headers = encode_headers({"x-request-id": ctx.request_id})
+        await send_response(send, status, body, headers, content_type=ctype.encode("latin-1"))
+        ctx.first_byte_at = time.monotonic()
+    except GatewayError as e:
+        ctx.error = e.message
+        ctx.status = e.status
+        headers = encode_headers({**e.headers, "x-request-id": ctx.request_id})
+        await send_response(send, e.status, ERROR_BODIES[route.errors](e), headers)
+    finally:
+        ctx.ended = time.monotonic()
+        await finish(state, ctx)
+
+
+async def _ask_backends(
+    state: GatewayState, ctx: RequestContext, route: Route, oid: str
+) -> tuple[int, bytes, str]:
+    assert state.http is not None and ctx.key is not None
+    suffix = route.path.partition("{id}")[2]
+    unreachable = 0
+    for pool in state.pools.values():
+        if pool.cfg.kind not in route.kinds or not ctx.key.allows(pool.name):
+            continue
+        t = pool.cfg.timeouts
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.first_byte)
+        for backend in pool.backends:
+            if not backend.routable:
+                continue
+            url = f"{backend.url}{route.upstream_path}/{oid}{suffix}"
+            headers = request_headers([], ctx.request_id, backend.api_key)
+            try:
+                # The shared client (aiohttp or the raw one) offers `get` and `post`.
+                call = state.http.get if route.method == "GET" else state.http.post
+                async with call(url, headers=headers, timeout=timeout) as resp:
+                    body = await resp.read()
+                    ctype = resp.headers.get("content-type", "application/json")
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                unreachable += 1
+                continue
+            if status == 404:
+                continue
+            ctx.pool, ctx.backend, ctx.model_requested = pool, backend, pool.name
+            if status >= 400:
+                status, body = normalize_error(status, body, ctype)
+                raise GatewayError(status, f"backend answered {status}", "upstream_error", raw_body=body)
+            return status, replace_model(body, pool.name.encode()), ctype
+    if unreachable:
+        raise GatewayError(
+            502,
+            f"Response {oid!r} not found; {unreachable} backend(s) could not be asked.",
+            "upstream_unreachable",
+        )
+    raise GatewayError(404, f"Response with id '{oid}' not found.", "not_found", "response_id")
