@@ -79,3 +79,14 @@ def test_metrics_count_the_prompt_once_per_sequence() -> None:
         assert status == 200 and m["vllm:prompt_tokens_total"] == 2 * usage["prompt_tokens"]
         assert m["vllm:generation_tokens_total"] == usage["completion_tokens"] == 4
         assert "vllm:gpu_cache_usage_perc" not in m and "vllm:kv_cache_usage_perc" in m
+
+
+def test_validation_errors_are_shaped_as_vllm_0_32(chat_sim: SimProcess) -> None:
+    status, raw = chat_sim.request("POST", "/v1/chat/completions",
+                                   {"model": "sim-model", "messages": MESSAGES, "max_tokens": "many"})
+    err = json.loads(raw)["error"]
+    assert status == 400 and (err["type"], err["param"], err["code"]) == ("Bad Request", "body.max_tokens", 400)
+    assert err["message"].startswith("1 validation error:") and "int_parsing" in err["message"]
+    status, raw = chat_sim.request("POST", "/v1/chat/completions", b'{"model": "x", "messages": [')
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["type"] == "Bad Request" and err["param"] == "body.28" and "json_invalid" in err["message"]
