@@ -2,9 +2,10 @@
 
     python -m benchmarks.launch --config FILE --port P [knobs...]
 
-Same app (`gateway.server.app.create_app`) and the same uvicorn settings as `gateway serve`
-(`gateway.server.run.uvicorn_config`), then exactly one knob flipped, so a difference in
-the numbers is that knob's. Knobs that change hot-path code (the HTTP client to the
+Same app (`gateway.server.app.create_app`) and the same server as `gateway serve`
+(`gateway.server.serve.HttpServer`), then exactly one knob flipped, so a difference in
+the numbers is that knob's. `--http`, `--access-log` and `--proxy-headers` are uvicorn's
+knobs: with any of them the app runs under uvicorn (`gateway.server.run.uvicorn_config`). Knobs that change hot-path code (the HTTP client to the
 engines, the metrics object) are applied by patching at start-up here; the gateway's
 files are untouched. `--upstream raw` (the default) is the gateway's own default client
 (`gateway.proxy.client.RawSession`), so it patches nothing.
@@ -83,17 +84,38 @@ def _patch_startup(args: argparse.Namespace, app: Any) -> None:
 
 
 def serve_one(args: argparse.Namespace, sock: socket.socket | None) -> None:
-    import uvicorn
-
     from gateway import config as config_mod
     from gateway.server.app import create_app
-    from gateway.server.run import _Server, setup_logging, uvicorn_config
+    from gateway.server.run import setup_logging
 
     setup_logging()
     _patch_upstream(args.upstream)
     cfg = config_mod.load(args.config)
     app = create_app(cfg, args.config)
     _patch_startup(args, app)
+    if args.http or args.access_log or args.proxy_headers:
+        return _serve_uvicorn(args, app, sock)  # uvicorn's own knobs: the same app under uvicorn
+
+    async def main() -> int:
+        from gateway.server.serve import HttpServer
+
+        return await HttpServer(app).serve(args.host, args.port, sock)
+
+    if args.loop == "asyncio":
+        import asyncio
+
+        asyncio.run(main())
+    else:
+        import uvloop
+
+        uvloop.run(main())
+
+
+def _serve_uvicorn(args: argparse.Namespace, app: Any, sock: socket.socket | None) -> None:
+    import uvicorn
+
+    from gateway.server.run import _Server, uvicorn_config
+
     ucfg: uvicorn.Config = uvicorn_config(app, args.host, args.port)
     if args.loop:
         ucfg.loop = args.loop

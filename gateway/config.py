@@ -37,10 +37,19 @@ class ServerConfig(_Model):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     # Grace period for in-flight requests on shutdown and for draining removed backends.
     drain_seconds: float = Field(30.0, ge=0)
-    access_log: bool = False
+    access_log: bool = False  # one `gateway.access` log line per request
     # HTTP client to engines: our own keep-alive client (measured cheaper on the hot path)
     # or aiohttp's, kept as a fallback.
     upstream_client: Literal["raw", "aiohttp"] = "raw"
+    # Client-side limits of our HTTP server (server/http.py). A client that sends a
+    # request's headers slower than `header_timeout` (slowloris), pauses longer than
+    # `body_timeout` inside a body, or stops reading a response for `write_timeout` is
+    # disconnected; a disconnect cancels its request and frees its engine slot.
+    header_timeout: float = Field(10.0, gt=0)
+    body_timeout: float = Field(60.0, gt=0)  # longest pause between two pieces of a body
+    write_timeout: float = Field(30.0, gt=0)  # longest a client may leave a response unread
+    keep_alive_timeout: float = Field(75.0, gt=0)  # longer than typical client pools' idle timeout
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
 
 
 class KeyConfig(_Model):
@@ -303,7 +312,9 @@ class MetricsConfig(_Model):
 
 class MeteringConfig(_Model):
     enabled: bool = True
-    flush_interval: float = Field(1.0, gt=0)
+    # Group-commit window: a record reaches the store at most this long after its request
+    # ended (plus one write), which bounds what a SIGKILL of the gateway loses.
+    flush_interval: float = Field(0.1, gt=0)
     buffer_max: int = Field(100_000, ge=100)
 
 

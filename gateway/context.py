@@ -6,6 +6,8 @@ the meter, the metrics and the rate limiter, which read it and never block.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -88,3 +90,20 @@ class RequestContext:
     @property
     def duration(self) -> float:
         return (self.ended or time.monotonic()) - self.started
+
+
+class RequestIds:
+    """Request ids without a syscall each: a random per-process prefix and a counter.
+
+    96 random bits per process keep ids unique across replicas and restarts; the
+    counter keeps them unique within the process.
+    """
+
+    __slots__ = ("_prefix", "_next")
+
+    def __init__(self) -> None:
+        self._prefix = "req-" + os.urandom(12).hex() + "-"
+        self._next = itertools.count(1).__next__
+
+    def new(self) -> str:
+        return f"{self._prefix}{self._next():x}"

@@ -170,6 +170,15 @@ class _StateCollector(Collector):
         buffered = GaugeMetricFamily("gateway_usage_buffer_records", "Usage records waiting to be written.")
         buffered.add_metric([], float(getattr(meter, "buffered", 0) or 0))
         yield from (dropped, buffered)
+        degraded = CounterMetricFamily(
+            "gateway_ratelimit_degraded",
+            "Rate-limit decisions taken by this replica alone (its share of each limit) because "
+            "Redis was unreachable: timeout, error, or backoff (right after a failure).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(getattr(state.limiter, "degraded", {}).items()):
+            degraded.add_metric([reason], float(n))
+        yield degraded
 
     def _tokens(self, state: GatewayState) -> Iterator[Metric]:
         totals: dict[tuple[str, str], list[int]] = {}

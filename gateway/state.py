@@ -8,10 +8,11 @@ processes, the meter owns the usage ledger, the limiter owns rate limits. Each i
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import GatewayConfig
+from .context import RequestIds
 from .routing.pool import Pool, endpoint_backends
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class GatewayState:
     # False when the embedding process runs engines itself (tests, benchmarks): a reload
     # must not start a supervisor behind its back.
     spawn_engines: bool = True
+    request_ids: RequestIds = field(default_factory=RequestIds)
 
     def resolve(self, model: str) -> Pool | None:
         name = self.names.get(model)

@@ -1,4 +1,4 @@
-"""Run a real gateway (uvicorn on a free loopback port) inside the test process.
+"""Run a real gateway (our HTTP server on a free loopback port) inside the test process.
 
 The server runs in its own thread and event loop, so tests can use blocking clients
 (the `openai` SDK, httpx) and still read the gateway's state (outstanding counts).
@@ -13,10 +13,9 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import uvicorn
-
 from gateway import config as config_mod
 from gateway.server.app import GatewayApp, create_app
+from gateway.server.serve import HttpServer
 from gateway.sim.testing import free_port
 
 T = TypeVar("T")
@@ -46,10 +45,7 @@ class GatewayServer:
             cfg = config_mod.loads(cfg)
         self.port = free_port()
         self.app: GatewayApp = create_app(cfg, config_path=config_path, spawn_engines=spawn_engines)
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                           loop="asyncio", http="httptools", timeout_graceful_shutdown=5)
-        )
+        self.server: HttpServer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, name=f"gateway-{self.port}", daemon=True)
         self.error: BaseException | None = None
@@ -70,7 +66,7 @@ class GatewayServer:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         try:
-            self.loop.run_until_complete(self.server.serve())
+            self.loop.run_until_complete(self._serve())
         except BaseException as e:  # surfaced by start()
             self.error = e
         finally:
@@ -79,7 +75,7 @@ class GatewayServer:
     def start(self, timeout: float = 20.0) -> GatewayServer:
         self.thread.start()
         deadline = time.monotonic() + timeout
-        while not self.server.started:
+        while self.server is None or not self.server.started:
             if not self.thread.is_alive():
                 raise RuntimeError(f"gateway failed to start: {self.error!r}")
             if time.monotonic() > deadline:
@@ -92,8 +88,13 @@ class GatewayServer:
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(fn(), self.loop).result(timeout)
 
+    async def _serve(self) -> None:
+        self.server = HttpServer(self.app)
+        await self.server.serve("127.0.0.1", self.port)
+
     def stop(self) -> None:
-        self.server.should_exit = True
+        if self.server is not None:
+            self.server.request_exit()
         self.thread.join(30)
 
     def __enter__(self) -> GatewayServer:

@@ -40,6 +40,7 @@ METRIC_LABELS: dict[str, set[str]] = {
     "gateway_rate_limited_total": {"key", "reason"},
     "gateway_usage_records_dropped_total": set(),
     "gateway_usage_buffer_records": set(),
+    "gateway_ratelimit_degraded_total": {"reason"},
     "gateway_backend_prompt_tokens_total": {"pool", "backend"},
     "gateway_backend_cached_prompt_tokens_total": {"pool", "backend"},
     "gateway_backend_engine_prefix_cache_queries_total": {"pool", "backend"},

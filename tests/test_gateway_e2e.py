@@ -1,4 +1,4 @@
-"""The gateway core over real sockets: simulated engines, uvicorn, the official openai SDK."""
+"""The gateway core over real sockets: simulated engines, our HTTP server, the official openai SDK."""
 
 from __future__ import annotations
 

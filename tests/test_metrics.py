@@ -15,6 +15,7 @@ from gateway.config import GatewayConfig
 from gateway.metering import Meter
 from gateway.metrics import Metrics
 from gateway.ratelimit import Limiter, RateLimited
+from gateway.ratelimit.local_counters import LocalCounters
 from gateway.routing.backend import BackendState
 from gateway.server.app import create_state
 from tests.gw import GatewayServer, wait_until
@@ -25,7 +26,7 @@ FIXED = {
     "gateway_prompt_tokens_total", "gateway_completion_tokens_total", "gateway_backend_outstanding",
     "gateway_backend_up", "gateway_backend_restarts_total", "gateway_pool_queue_depth",
     "gateway_rate_limited_total", "gateway_overhead_seconds", "gateway_usage_records_dropped_total",
-    "gateway_usage_buffer_records", "gateway_backend_prompt_tokens_total", "gateway_backend_cached_prompt_tokens_total",
+    "gateway_usage_buffer_records", "gateway_ratelimit_degraded_total", "gateway_backend_prompt_tokens_total", "gateway_backend_cached_prompt_tokens_total",
     "gateway_backend_engine_prefix_cache_queries_total", "gateway_backend_engine_prefix_cache_hits_total",
     "gateway_backend_predicted_prompt_bytes_total", "gateway_backend_predicted_cached_bytes_total", "gateway_backend_routed_total",
     "gateway_backend_locality_skipped_overloaded_total",
@@ -188,3 +189,15 @@ def test_killed_engine_shows_a_restart_in_metrics(tmp_path: Path) -> None:
 
         assert wait_until(restarted, 20)
         assert _restarts(gw) == {row["id"]: 1.0}
+
+
+def test_degraded_rate_limit_decisions_are_exported_by_reason() -> None:
+    state = create_state(cfg())
+    m = Metrics(state)
+    assert not any(name == "gateway_ratelimit_degraded_total" for name, _ in samples(m))
+    lim = Limiter(LocalCounters())
+    lim.degraded.update({"timeout": 2, "backoff": 40})
+    state.limiter = lim
+    s = samples(m)
+    assert s[("gateway_ratelimit_degraded_total", (("reason", "backoff"),))] == 40
+    assert s[("gateway_ratelimit_degraded_total", (("reason", "timeout"),))] == 2

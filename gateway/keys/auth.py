@@ -37,7 +37,12 @@ class Key:
     source: str = "config"  # "config" | "dynamic" | "anonymous"
 
     def allows(self, pool: str) -> bool:
-        return any(fnmatch.fnmatchcase(pool, pat) for pat in self.models)
+        # Runs on every request: the usual allowlists ("*", or names without wildcards,
+        # as pool names cannot hold any) need no pattern matching.
+        models = self.models
+        if models == ("*",) or pool in models:
+            return True
+        return any(fnmatch.fnmatchcase(pool, pat) for pat in models)
 
     @classmethod
     def from_config(cls, k: KeyConfig) -> Key:

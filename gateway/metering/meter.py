@@ -26,7 +26,7 @@ CLOSE_TIMEOUT_S = 10.0
 
 class Meter:
     def __init__(
-        self, store: Store, buffer_max: int = 100_000, flush_interval: float = 1.0, enabled: bool = True
+        self, store: Store, buffer_max: int = 100_000, flush_interval: float = 0.1, enabled: bool = True
     ) -> None:
         """A meter over an open store. Its flush task starts with `start_writer()` (inside a loop)."""
         self.store = store

@@ -15,6 +15,7 @@ Schema: table `usage`, one row per request (columns as `record.FIELDS`), indexed
 from __future__ import annotations
 
 import asyncio
+import operator
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -165,8 +166,6 @@ def _range(since: float | None, until: float | None) -> tuple[str, list[float]]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-_BOOLS = frozenset({"stream", "estimated"})
-
-
-def _row(r: UsageRecord) -> tuple[Any, ...]:
-    return tuple(int(bool(v)) if f in _BOOLS else v for f in FIELDS for v in (getattr(r, f),))
+# One C call per record (a generator per field was ~4x the cost, on the gateway's core).
+# sqlite3 stores the bool fields (stream, estimated) as the integers 1 and 0 by itself.
+_row: Callable[[UsageRecord], tuple[Any, ...]] = operator.attrgetter(*FIELDS)

@@ -1,10 +1,16 @@
 """The batching writer between the request path and the store.
 
-`add` appends to an in-memory buffer and returns: it never waits on the store. A flush
-task writes the buffer in batches every `flush_interval` seconds (sooner when a full
-batch is waiting) and on `close`. A store that is down or slow therefore never fails or
-slows a request: the batch that failed stays at the head of the buffer and is retried
-(same batch id, so a write that did land is not counted twice) until the store answers.
+`add` appends to an in-memory buffer and returns: it never waits on the store. Writes
+are group commits: the first record into an empty buffer opens a window of
+`flush_interval` seconds (default 0.1); when it closes, every record buffered by then is
+written in one transaction (sooner when a full batch is waiting), and on `close`. So a
+record is handed to the store at most `flush_interval` after it was added (plus the
+write in progress, if any), which bounds what a SIGKILL of the gateway can lose (issue
+#14: at most 200 ms of records); an idle gateway does no work at all.
+
+A store that is down or slow never fails or slows a request: the batch that failed stays
+at the head of the buffer and is retried (same batch id, so a write that did land is not
+counted twice) until the store answers, backing off up to RETRY_MAX_S.
 
 The buffer is bounded (`buffer_max` records, counting the batch in flight). When full,
 the oldest record is dropped, counted in `dropped` (exported as
@@ -57,7 +63,9 @@ class Writer:
         self._batch_id = ""
         self._inflight = False
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # set when records wait and no window is open
+        self._full = asyncio.Event()  # set when a full batch waits: end the window early
+        self._stop = asyncio.Event()  # set by close: ends a window or a retry pause
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_drop_log = 0.0
@@ -79,8 +87,10 @@ class Writer:
         if self.buffered >= self.buffer_max:
             self._drop_oldest()
         self._buf.append(rec)
+        if len(self._buf) == 1:
+            self._wake.set()  # the first record of a group opens its commit window
         if len(self._buf) >= self.batch_max:
-            self._wake.set()
+            self._full.set()
 
     def _drop_oldest(self) -> None:
         # The waiting batch holds the oldest records, unless it is being written right now.
@@ -104,16 +114,22 @@ class Writer:
     # --- flushing -----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = self.flush_interval
+        ok, delay = True, self.flush_interval
         while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            await self._wake.wait()  # idle until a record arrives (or close)
             self._wake.clear()
+            # The commit window gathers the group; a full batch ends it early, except while
+            # the store is failing: then the pause is a backoff that only close cuts short.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for((self._full if ok else self._stop).wait(), timeout=delay)
+            self._full.clear()
             if self._closing:
                 break
             ok = await self.flush()
             # While the store is down, back off (but never past RETRY_MAX_S), then retry.
             delay = self.flush_interval if ok else min(max(delay * 2, self.flush_interval), RETRY_MAX_S)
+            if self._buf or self._batch:
+                self._wake.set()  # records came in during the write (or it failed): next group
 
     async def flush(self) -> bool:
         """Write everything buffered so far. False if the store failed (records kept for retry)."""
@@ -186,6 +202,8 @@ class Writer:
         """
         self._closing = True
         self._wake.set()
+        self._full.set()
+        self._stop.set()
         if self._task is not None:
             await self._task
             self._task = None

@@ -11,6 +11,7 @@ aborts the request and frees its batch slot.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from ..errors import GatewayError
 from ..routing.backend import Backend
 from ..routing.pool import Pool
 from ..routing.request import Completion, completion_from_usage
-from ..server.asgi import RawHeaders, Send
+from ..server.exchange import Exchange, RawHeaders
 from . import n_usage, sse
 from .bodyedit import request_for_backend
 from .headers import request_headers, response_headers
@@ -44,7 +45,7 @@ _CONNECT_ERRORS = (
     aiohttp.ClientOSError,
 )
 
-async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContext, plan: Plan, send: Send) -> None:
+async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContext, plan: Plan, out: Exchange) -> None:
     """Forward and relay; raises GatewayError only while nothing has been sent to the client."""
     tried: set[Backend] = set()
     last_error: GatewayError | None = None
@@ -54,7 +55,7 @@ async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContex
         ctx.backend = backend
         ctx.attempts = attempt + 1
         try:
-            retry = await _attempt(session, pool, backend, ctx, plan, send)
+            retry = await _attempt(session, pool, backend, ctx, plan, out)
         finally:
             pool.release(backend, request, _completion(ctx) if answered(ctx) else None)
         if retry is None:
@@ -82,13 +83,11 @@ def _completion(ctx: RequestContext) -> Completion:
 
 
 async def _attempt(
-    session: aiohttp.ClientSession, pool: Pool, backend: Backend, ctx: RequestContext, plan: Plan, send: Send
+    session: aiohttp.ClientSession, pool: Pool, backend: Backend, ctx: RequestContext, plan: Plan, out: Exchange
 ) -> GatewayError | None:
     """One try on one backend. Returns an error worth retrying elsewhere, or None when done."""
     t = pool.cfg.timeouts
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=t.connect, sock_read=t.stream_idle if ctx.stream else t.first_byte
-    )
+    timeout = _client_timeout(t.connect, t.stream_idle if ctx.stream else t.first_byte)
     headers = request_headers(plan.client_headers, ctx.request_id, backend.api_key, plan.content_type)
     served = backend.served_model or plan.served_default
     body = plan.retarget(served) if plan.retarget is not None else request_for_backend(plan.body, plan.parsed, served)
@@ -109,9 +108,9 @@ async def _attempt(
                 raise _upstream_error(plan, resp.status, body, resp.headers.get("content-type"))
             is_sse = "text/event-stream" in resp.headers.get("content-type", "")
             if ctx.stream and is_sse:
-                await _relay_stream(resp, ctx, plan, send, started)
+                await _relay_stream(resp, ctx, plan, out, started)
             else:
-                await _relay_body(resp, ctx, plan, send, started)
+                await _relay_body(resp, ctx, plan, out, started)
             return None
     except _CONNECT_ERRORS as e:
         if ctx.first_byte_at is not None:
@@ -126,6 +125,13 @@ async def _attempt(
         ) from None
 
 
+@functools.lru_cache(maxsize=256)
+def _client_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    # A pool's timeouts are fixed at config load; building the (attrs, validated) object
+    # per request was measurable on the hot path. Immutable, so one is shared.
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+
+
 def _root_url(base: str) -> str:
     """The engine's root URL from its base URL (`http://h:p/v1` -> `http://h:p`)."""
     return base[:-3] if base.endswith("/v1") else base
@@ -138,7 +144,7 @@ def _upstream_error(plan: Plan, status: int, body: bytes, content_type: str | No
 
 
 async def _relay_body(
-    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, send: Send, started: float
+    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, out: Exchange, started: float
 ) -> None:
     body = await resp.read()
     ctx.upstream_time += time.monotonic() - started
@@ -150,19 +156,17 @@ async def _relay_body(
     ctx.keep_delivered(body)
     headers = response_headers(resp.headers)
     headers.append((b"content-type", resp.headers.get("content-type", "application/json").encode("latin-1")))
-    headers.append((b"content-length", str(len(body)).encode()))
     headers.append((b"x-request-id", ctx.request_id.encode()))
     if plan.extra_headers:
         headers.extend(plan.extra_headers)
     ctx.status = resp.status
-    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     ctx.first_byte_at = time.monotonic()
-    await send({"type": "http.response.body", "body": body})
+    await out.respond(resp.status, headers, body)
     ctx.completed = True
 
 
 async def _relay_stream(
-    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, send: Send, started: float
+    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, out: Exchange, started: float
 ) -> None:
     headers = [h for h in response_headers(resp.headers) if h[0] not in _SSE_HEADER_NAMES]
     headers.extend(_SSE_HEADERS)
@@ -178,12 +182,13 @@ async def _relay_stream(
 
     async def start() -> None:
         ctx.status = resp.status
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await out.start(resp.status, headers)
         ctx.first_byte_at = time.monotonic()
 
     try:
-        async for chunk in resp.content.iter_any():
-            out: list[bytes] = []
+        readany = resp.content.readany  # ours and aiohttp's: b"" at the end of the body
+        while chunk := await readany():
+            events: list[bytes] = []
             for ev in framer.feed(chunk):
                 if sse.is_done(ev):
                     ctx.completed = True
@@ -191,7 +196,7 @@ async def _relay_stream(
                         held = plan.before_done()
                         if held:
                             keep(held)
-                            out.append(held)
+                            events.append(held)
                 elif ev.startswith(b"data:") or ev.startswith(b"event:"):
                     usage = event_usage(ev)
                     if usage is not None:
@@ -209,12 +214,12 @@ async def _relay_stream(
                     if ends is not None and ends(ev):
                         ctx.completed = True
                     last = ev
-                out.append(ev)
-            if not out:
+                events.append(ev)
+            if not events:
                 continue
             if ctx.first_byte_at is None:
                 await start()
-            await send({"type": "http.response.body", "body": out[0] if len(out) == 1 else b"".join(out), "more_body": True})
+            await out.write(events[0] if len(events) == 1 else b"".join(events))
         if not ctx.completed:
             partial = " (partial event dropped)" if framer.rest() else ""
             end = "its final event" if ends is not None else "[DONE]"
@@ -233,13 +238,13 @@ async def _relay_stream(
             msg = f"The backend failed mid-stream: {ctx.error}"
         if ctx.first_byte_at is None:
             await start()
-        await send({"type": "http.response.body", "body": plan.stream_error(msg, last), "more_body": False})
+        await out.end(plan.stream_error(msg, last))
         ctx.upstream_time += time.monotonic() - started
         return
     ctx.upstream_time += time.monotonic() - started
     if ctx.first_byte_at is None:
         await start()
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await out.end()
 
 
 def _take_buffered(

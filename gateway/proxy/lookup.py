@@ -17,13 +17,14 @@ import aiohttp
 
 from ..context import RequestContext
 from ..errors import GatewayError
-from ..server.asgi import Receive, Scope, Send, encode_headers, header, read_body, send_response
+from ..server.asgi import encode_headers
+from ..server.exchange import Exchange
 from ..server.routes import ERROR_BODIES, Route
 from ..state import GatewayState
 from .bodyedit import replace_model
 from .engine_errors import normalize_error
 from .headers import request_headers
-from .pipeline import authenticate, finish, new_request_id
+from .pipeline import authenticate, finish
 
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
 _MAX_BODY = 64 * 1024  # a cancel carries no body; anything big is not for us
@@ -38,26 +39,24 @@ def object_id(route: Route, path: str) -> str:
     return oid
 
 
-async def handle(state: GatewayState, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
-    ctx = RequestContext(
-        request_id=header(scope, b"x-request-id") or new_request_id(), endpoint=route.endpoint
-    )
+async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
+    ctx = RequestContext(request_id=ex.header(b"x-request-id") or state.request_ids.new(), endpoint=route.endpoint)
     try:
-        ctx.key = authenticate(state, scope, route)
-        await read_body(scope, receive, _MAX_BODY)
-        oid = object_id(route, scope["path"])
+        ctx.key = authenticate(state, ex, route)
+        await ex.body(_MAX_BODY)
+        oid = object_id(route, ex.path)
         status, body, ctype = await _ask_backends(state, ctx, route, oid)
         ctx.status = status
         ctx.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         ctx.completed = True
-        headers = encode_headers({"x-request-id": ctx.request_id})
-        await send_response(send, status, body, headers, content_type=ctype.encode("latin-1"))
+        headers = encode_headers({"content-type": ctype, "x-request-id": ctx.request_id})
+        await ex.respond(status, headers, body)
         ctx.first_byte_at = time.monotonic()
     except GatewayError as e:
         ctx.error = e.message
         ctx.status = e.status
-        headers = encode_headers({**e.headers, "x-request-id": ctx.request_id})
-        await send_response(send, e.status, ERROR_BODIES[route.errors](e), headers)
+        headers = encode_headers({**e.headers, "content-type": "application/json", "x-request-id": ctx.request_id})
+        await ex.respond(e.status, headers, ERROR_BODIES[route.errors](e))
     finally:
         ctx.ended = time.monotonic()
         await finish(state, ctx)

@@ -4,39 +4,34 @@
 
 Each step is a named function; each failure is a GatewayError that `handle` turns into
 an error response (in the route's dialect) while nothing has been sent yet. A client
-that disconnects cancels `forward` (`server.asgi.run_until_disconnect`). `finish` runs on
-every path and hands the request's record to metering, metrics and the rate limiter.
+that disconnects cancels `forward` (`Exchange.run`); so does a shutdown whose drain
+period is over, and then a started stream still ends with an error event and
+`data: [DONE]`. `finish` runs on every path and hands the request's record to metering,
+metrics and the rate limiter.
+
+The pipeline sees the request through `server.exchange.Exchange` only, so it runs
+under our own HTTP protocol and under ASGI alike.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
 import orjson
 
 from ..context import RequestContext
-from ..errors import GatewayError, invalid_api_key, invalid_request, model_not_found
+from ..errors import GatewayError, invalid_api_key, invalid_request, model_not_found, sse_error_event
 from ..keys.auth import Key, bearer
 from ..routing.pool import Pool
-from ..server.asgi import (
-    ClientDisconnected,
-    Receive,
-    Scope,
-    Send,
-    encode_headers,
-    header,
-    read_body,
-    run_until_disconnect,
-    send_response,
-)
+from ..server.asgi import encode_headers
+from ..server.exchange import ClientDisconnected, Exchange
 from ..server.routes import ERROR_BODIES, Route, paths_for
 from ..state import GatewayState
 from . import multipart
 from .forward import forward
-from .plan import Form, make_plan
+from .plan import Form, Plan, make_plan
 
 log = logging.getLogger("gateway.inference")
 
@@ -51,41 +46,41 @@ _KIND_NAMES = {
 }
 
 
-def new_request_id() -> str:
-    return "req-" + os.urandom(12).hex()
-
-
-async def handle(state: GatewayState, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
-    ctx = RequestContext(request_id=header(scope, b"x-request-id") or new_request_id(), endpoint=route.endpoint)
+async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
+    ctx = RequestContext(request_id=ex.header(b"x-request-id") or state.request_ids.new(), endpoint=route.endpoint)
     # Rate-limit headers, known once the key is admitted; sent on the answer or the error.
     limit_headers: dict[str, str] = {}
     try:
         if state.draining:
             raise GatewayError(503, "The gateway is shutting down.", "shutting_down", headers={"retry-after": "1"})
-        ctx.key = authenticate(state, scope, route)
-        raw = await read_body(scope, receive, state.config.server.max_body_bytes)
-        form = parse_form(scope, raw) if route.body == "multipart" else None
+        ctx.key = authenticate(state, ex, route)
+        raw = await ex.body(state.config.server.max_body_bytes)
+        form = parse_form(ex, raw) if route.body == "multipart" else None
         body = form.body if form is not None else parse_body(raw)
         pool = resolve(state, ctx.key, body, route)
-        describe(ctx, scope, pool, body, route)
+        describe(ctx, ex, pool, body, route)
         if state.limiter is not None:
             ctx.admission = await state.limiter.admit(ctx.key, ctx)
             limit_headers = state.limiter.headers(ctx.admission)
         plan = make_plan(
-            ctx, pool, raw, body, route.upstream_path, scope["headers"], encode_headers(limit_headers) or None,
+            ctx, pool, raw, body, route.upstream_path, ex.headers, encode_headers(limit_headers) or None,
             route=route, form=form,
         )
         assert state.http is not None
-        if await run_until_disconnect(forward(state.http, pool, ctx, plan, send), receive):
+        stopped = await ex.run(forward(state.http, pool, ctx, plan, ex))
+        if stopped == "disconnected":
             ctx.error = "client disconnected"
             if ctx.status == 0:
                 ctx.status = 499
+        elif stopped == "shutdown":
+            await _end_for_shutdown(ctx, ex, route, plan)
     except GatewayError as e:
         ctx.error = ctx.error or e.message
         if ctx.status == 0:
             ctx.status = e.status
             headers = {**e.headers, **limit_headers, "x-request-id": ctx.request_id}
-            await send_response(send, e.status, ERROR_BODIES[route.errors](e), encode_headers(headers))
+            headers["content-type"] = "application/json"
+            await ex.respond(e.status, encode_headers(headers), ERROR_BODIES[route.errors](e))
     except ClientDisconnected:
         ctx.error = "client disconnected before sending the whole request"
         ctx.status = 499
@@ -94,10 +89,27 @@ async def handle(state: GatewayState, route: Route, scope: Scope, receive: Recei
         await finish(state, ctx)
 
 
-def authenticate(state: GatewayState, scope: Scope, route: Route) -> Key:
-    secret = bearer(header(scope, b"authorization"))
+async def _end_for_shutdown(ctx: RequestContext, ex: Exchange, route: Route, plan: Plan) -> None:
+    """The drain period is over and this request is still running: end it properly.
+
+    A stream that started gets its dialect's error event (OpenAI's: `code:
+    shutting_down`, then `data: [DONE]`), so SDKs raise a clear error instead of reading
+    a truncated body; one that had not started gets a 503.
+    """
+    ctx.error = "cut short: the gateway is shutting down"
+    msg = "The gateway is shutting down; this response was cut short."
+    if ctx.first_byte_at is not None:
+        if ctx.stream:
+            openai = route.stream.name == "openai"
+            await ex.end(sse_error_event(msg, code="shutting_down") if openai else plan.stream_error(msg, None))
+        return  # a whole body was already handed to the transport
+    raise GatewayError(503, msg, "shutting_down", headers={"retry-after": "1"})
+
+
+def authenticate(state: GatewayState, ex: Exchange, route: Route) -> Key:
+    secret = bearer(ex.header(b"authorization"))
     if secret is None and route.x_api_key:
-        secret = header(scope, b"x-api-key") or None
+        secret = ex.header(b"x-api-key") or None
     key = state.keyring.lookup(secret)
     if key is None:
         if secret is not None:
@@ -119,9 +131,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def parse_form(scope: Scope, raw: bytes) -> Form:
+def parse_form(ex: Exchange, raw: bytes) -> Form:
     """A multipart upload's routing fields; the bytes themselves are forwarded unchanged."""
-    bound = multipart.boundary(header(scope, b"content-type"))
+    bound = multipart.boundary(ex.header(b"content-type"))
     parts = multipart.parts(raw, bound)
     fields = multipart.text_fields(raw, parts)
     body: dict[str, Any] = {k: fields[k] for k in _FORM_FIELDS if k in fields}
@@ -153,7 +165,7 @@ def resolve(state: GatewayState, key: Key, body: dict[str, Any], route: Route) -
     return pool
 
 
-def describe(ctx: RequestContext, scope: Scope, pool: Pool, body: dict[str, Any], route: Route) -> None:
+def describe(ctx: RequestContext, ex: Exchange, pool: Pool, body: dict[str, Any], route: Route) -> None:
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise invalid_request("`stream` must be a boolean.", param="stream", code="invalid_type")
@@ -165,7 +177,7 @@ def describe(ctx: RequestContext, scope: Scope, pool: Pool, body: dict[str, Any]
     opts = body.get("stream_options")
     ctx.include_usage_requested = isinstance(opts, dict) and opts.get("include_usage") is True
     user = body.get("user")
-    ctx.user = user if isinstance(user, str) and user else header(scope, b"x-openwebui-user-id")
+    ctx.user = user if isinstance(user, str) and user else ex.header(b"x-openwebui-user-id")
 
 
 async def finish(state: GatewayState, ctx: RequestContext) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.ratelimit")
 
 RETRY_AFTER_MAX_S = 60
-REDIS_BACKOFF_S = 1.0  # after a Redis error, fail open this long before trying again
+REDIS_BACKOFF_S = 1.0  # after a Redis error, decide locally this long before trying again
 
 
 @dataclass(eq=False)
@@ -43,6 +44,7 @@ class Admission:
     tpm_reset: float = 0.0
     settled: bool = False
     refused: str | None = None  # why admission was refused (rpm|tpm|concurrent|budget)
+    degraded: bool = False  # decided by this replica alone (Redis unreachable)
 
 
 NOOP = Admission()
@@ -81,6 +83,10 @@ class Limiter:
     def __init__(self, counters: Counters, meter: Meter | None = None) -> None:
         self.counters = counters
         self.meter = meter
+        # With Redis: this replica's own admissions, logged as they happen, so that while
+        # Redis is unreachable admissions are decided here against this replica's share.
+        self.fallback = LocalCounters() if isinstance(counters, RedisCounters) else None
+        self.degraded: dict[str, int] = {}  # reason -> decisions taken without Redis
         self._seeded: set[tuple[str, str]] = set()
         self._seeding: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._down_until = 0.0
@@ -104,7 +110,14 @@ class Limiter:
         if problems:
             raise ConfigError("\n".join(problems))
         url = cfg.redis_url
-        return cls(RedisCounters(url) if url else LocalCounters(), meter)
+        if not url:
+            return cls(LocalCounters(), meter)
+        counters = RedisCounters(url)
+        try:  # learn the replica count before the first admission, when Redis answers
+            await counters.beat()
+        except Exception as e:
+            log.warning("rate limit store unreachable at start-up (%s); assuming 1 replica", e)
+        return cls(counters, meter)
 
     async def admit(self, key: Key, ctx: RequestContext) -> Admission:
         """Decide one request: returns the admission or raises `RateLimited` (429).
@@ -117,8 +130,6 @@ class Limiter:
         """
         if not (key.rpm or key.tpm or key.max_concurrent or key.budget):
             return NOOP
-        if time.monotonic() < self._down_until:
-            return NOOP  # the shared store failed a moment ago: fail open, do not wait on it
         now = time.time()
         budget, budget_key, ttl = -1, "", 0
         b = self._budget(key)
@@ -132,17 +143,14 @@ class Limiter:
             tpm=key.tpm or 0,
             cost=min(admission_cost(ctx.endpoint, ctx.body), key.tpm) if key.tpm else 0,
             max_concurrent=key.max_concurrent or 0,
-            lease=uuid.uuid4().hex if key.max_concurrent else "",
+            lease=uuid.uuid4().hex,
             budget=budget,
             budget_key=budget_key,
             budget_ttl=ttl,
         )
-        try:
-            v = await self.counters.admit(req)
-        except Exception as e:
-            self._counters_failed(e)
-            return NOOP  # fail open: a broken Redis must not refuse every request
+        v, degraded = await self._decide(req)
         adm = Admission(req, key.rpm, v.rpm_remaining, v.rpm_reset, key.tpm, v.tpm_remaining, v.tpm_reset)
+        adm.degraded = degraded
         if not v.ok:
             adm.request, adm.refused = None, v.reason
             if v.reason in ("budget", "concurrent"):
@@ -150,6 +158,51 @@ class Limiter:
             ctx.admission = adm
             raise self._refusal(key, v, self.headers(adm))
         return adm
+
+    async def _decide(self, req: Request) -> tuple[Verdict, bool]:
+        """The verdict, and whether it was taken without Redis (this replica's share)."""
+        fb, counters = self.fallback, self.counters
+        if fb is None or not isinstance(counters, RedisCounters):
+            return await counters.admit(req), False
+        if time.monotonic() < self._down_until:
+            return self._degraded(req, "backoff"), True  # Redis failed a moment ago: do not wait on it
+        try:
+            if counters.unsynced:
+                await counters.replay_unsynced()
+            v = await counters.admit(req)
+        except Exception as e:
+            self._counters_failed(e)
+            return self._degraded(req, "timeout" if isinstance(e, TimeoutError) else "error"), True
+        if v.ok:
+            fb.record(req)
+        elif v.reason == "budget":  # remembered, so the fallback refuses it too
+            bk = (req.name, req.budget_key)
+            fb.spent[bk] = max(fb.spent.get(bk, 0), req.budget)
+        return v, False
+
+    def _degraded(self, req: Request, reason: str) -> Verdict:
+        """Decide against this replica's share of each limit: limit // live replicas.
+
+        Rounded down, so N replicas together never exceed the limit; a share of 0 refuses.
+        The replica's own admissions of the last 60 s (made via Redis too) count against it.
+        """
+        assert self.fallback is not None and isinstance(self.counters, RedisCounters)
+        self.degraded[reason] = self.degraded.get(reason, 0) + 1
+        n = self.counters.replicas
+        share = dataclasses.replace(req)
+        for dim in ("rpm", "tpm", "max_concurrent"):
+            limit = getattr(req, dim)
+            if limit > 0:
+                if limit // n == 0:
+                    reason_ = "concurrent" if dim == "max_concurrent" else dim
+                    return Verdict(False, reason_, REDIS_BACKOFF_S)
+                setattr(share, dim, limit // n)
+        share.cost = min(req.cost, share.tpm) if share.tpm else 0
+        v = self.fallback.admit_now(share)
+        if v.ok:
+            req.cost = share.cost
+            self.counters.unsynced.append((req, time.monotonic()))
+        return v
 
     def _refusal(self, key: Key, v: Verdict, headers: dict[str, str]) -> RateLimited:
         if v.reason == "budget":
@@ -207,9 +260,12 @@ class Limiter:
         if req is None or adm.settled:
             return
         adm.settled = True
+        used = used_tokens(ctx)
+        if self.fallback is not None:
+            self.fallback.settle_now(req, used, lease=True)
         try:
-            used = used_tokens(ctx)
-            await self.counters.settle(req, used - req.cost if req.tpm else 0, used, lease=True)
+            # A degraded admission holds no slot in Redis; its tokens and budget still go there.
+            await self.counters.settle(req, used, lease=not adm.degraded)
         except Exception as e:
             self._counters_failed(e)
 
@@ -241,11 +297,14 @@ class Limiter:
 
     def _counters_failed(self, e: Exception) -> None:
         if time.monotonic() >= self._down_until:
+            n = self.counters.replicas if isinstance(self.counters, RedisCounters) else 1
             log.warning(
-                "rate limit store failed (%s: %s); admitting without limits for %.0fs",
+                "rate limit store failed (%s: %s); for %.0fs each admission is decided here, "
+                "against this replica's share (1/%d) of each limit",
                 type(e).__name__,
                 e,
                 REDIS_BACKOFF_S,
+                n,
             )
         self._down_until = time.monotonic() + REDIS_BACKOFF_S
 

@@ -1,8 +1,12 @@
-"""The ASGI application: routing by path, the small endpoints, and the lifespan.
+"""The ASGI application: routing by path, the small endpoints, and the subsystems' lifecycle.
+
+`gateway serve` runs our own HTTP server (`server.serve`), which answers the inference
+routes itself and hands every other path to this app. The app still serves the whole
+API under any ASGI server (its inference routes through `AsgiExchange`).
 
 Start-up reads top-down: HTTP client -> metrics -> meter -> limiter -> keys -> engines.
-Shutdown reverses it: stop taking requests -> (uvicorn drains connections) -> stop
-engines -> flush the usage ledger -> close clients.
+Shutdown reverses it, once the server has drained connections: stop engines -> flush
+the usage ledger -> close clients.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from ..proxy.client import make_session
 from ..ratelimit import Limiter
 from ..routing.pool import wake_pools
 from ..state import GatewayState, build_names, build_pools
-from .asgi import Receive, Scope, Send, header, send_json, send_response
-from .routes import find_route
+from .asgi import AsgiExchange, Receive, Scope, Send, header, send_json, send_response
+from .routes import ERROR_BODIES, find_route
 
 log = logging.getLogger("gateway")
 
@@ -53,10 +57,13 @@ class GatewayApp:
             route = find_route(path)
             if route is not None:
                 if scope["method"] != route.method:
-                    return await _error(send, _method_not_allowed(route.method))
+                    # In the route's own dialect: an Anthropic client on /v1/messages reads Anthropic errors.
+                    e = _method_not_allowed(route.method)
+                    return await send_response(send, e.status, ERROR_BODIES[route.errors](e), _raw_headers(e))
+                ex = AsgiExchange(scope, receive, send)
                 if route.by_id:
-                    return await lookup.handle(self.state, route, scope, receive, send)
-                return await pipeline.handle(self.state, route, scope, receive, send)
+                    return await lookup.handle(self.state, route, ex)
+                return await pipeline.handle(self.state, route, ex)
             if path.startswith("/admin"):
                 return await self._admin_app()(scope, receive, send)
             return await self._small(scope, send, path)
@@ -172,7 +179,7 @@ class GatewayApp:
 
     async def shutdown(self) -> None:
         s = self.state
-        # 1. Refuse new work (uvicorn has already stopped accepting and drained connections).
+        # 1. Refuse new work (the server has already stopped accepting and drained connections).
         s.draining = True
         if s.wake_task is not None:
             s.wake_task.cancel()
@@ -201,8 +208,12 @@ def _method_not_allowed(allowed: str) -> GatewayError:
     return GatewayError(405, f"Method not allowed; use {allowed}.", "method_not_allowed", headers={"allow": allowed})
 
 
+def _raw_headers(e: GatewayError) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v.encode()) for k, v in e.headers.items()]
+
+
 async def _error(send: Send, e: GatewayError) -> None:
-    await send_response(send, e.status, e.body(), [(k.encode(), v.encode()) for k, v in e.headers.items()])
+    await send_response(send, e.status, e.body(), _raw_headers(e))
 
 
 def create_app(cfg: GatewayConfig, config_path: str | None = None, spawn_engines: bool = True) -> GatewayApp:

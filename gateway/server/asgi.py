@@ -1,7 +1,8 @@
-"""Thin ASGI helpers for the hot path: read a bounded body, send bytes, cancel on disconnect.
+"""Thin ASGI helpers: read a bounded body, send bytes, cancel on disconnect.
 
-The inference routes are plain ASGI (no framework request/response objects) because
-every microsecond on this path is paid per request and per streamed event.
+`gateway serve` answers the inference routes on its own protocol (`server.http`); this
+module is what lets the same pipeline run under any ASGI server too (`AsgiExchange`),
+and what the small endpoints and the admin app answer through.
 """
 
 from __future__ import annotations
@@ -13,16 +14,13 @@ from typing import Any
 import orjson
 
 from ..errors import GatewayError
+from .exchange import ClientDisconnected, Interruption, RawHeaders
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-RawHeaders = list[tuple[bytes, bytes]]
-
-
-class ClientDisconnected(Exception):
-    """The client went away while we were reading its request."""
+__all__ = ["AsgiExchange", "ClientDisconnected", "RawHeaders", "Receive", "Scope", "Send"]
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -108,3 +106,39 @@ async def run_until_disconnect(work: Awaitable[None], receive: Receive) -> bool:
         finished = True
         watcher.cancel()
     return disconnected
+
+
+class AsgiExchange:
+    """`server.exchange.Exchange` over an ASGI scope/receive/send (one message per write)."""
+
+    __slots__ = ("scope", "receive", "send", "method", "path", "headers")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope, self.receive, self.send = scope, receive, send
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.headers: RawHeaders = scope["headers"]
+
+    def header(self, name: bytes) -> str | None:
+        return header(self.scope, name)
+
+    async def body(self, limit: int) -> bytes:
+        return await read_body(self.scope, self.receive, limit)
+
+    async def respond(self, status: int, headers: RawHeaders, body: bytes) -> None:
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def start(self, status: int, headers: RawHeaders) -> None:
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def write(self, data: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self, data: bytes = b"") -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": False})
+
+    async def run(self, work: Awaitable[None]) -> Interruption | None:
+        # ASGI servers drain and cancel on their own terms; only disconnects are seen here.
+        return "disconnected" if await run_until_disconnect(work, self.receive) else None

@@ -1,8 +1,8 @@
-"""Running the app under uvicorn: event loop, HTTP parser, signals, graceful drain.
+"""`gateway serve`: logging, the event loop (uvloop when installed), our HTTP server.
 
-uvicorn already does the first half of a graceful stop on SIGTERM/SIGINT (stop
-accepting, let open connections finish for `timeout_graceful_shutdown`); our lifespan
-shutdown then stops the engines and flushes the ledger. SIGHUP reloads the config.
+The server and its graceful shutdown live in `server.serve`; SIGHUP reloads the config
+(`install_reload_signal`, below). `uvicorn_config` / `_Server` run the same app under
+uvicorn instead: only the benchmarks' tuning experiments use them (uvicorn's knobs).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 import uvicorn
 
@@ -81,17 +83,33 @@ class _Server(uvicorn.Server):
 
 
 def serve(cfg: GatewayConfig, config_path: str | None = None, host: str | None = None, port: int | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully; 0 after a clean shutdown."""
     setup_logging()
     app = create_app(cfg, config_path)
     h = host or cfg.server.host
     p = port or cfg.server.port
-    server = _Server(uvicorn_config(app, h, p), app)
+
+    async def main() -> int:
+        from .serve import HttpServer
+
+        return await HttpServer(app).serve(h, p)
+
     try:
-        server.run()
+        return _run(main())
     except ConfigError as e:
         print(f"gateway: {e}", file=sys.stderr)
         return 2
-    return 0 if server.started or not server.should_exit else 1
+    except OSError as e:  # e.g. the port is taken
+        print(f"gateway: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    if _has("uvloop"):
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 def _has(module: str) -> bool:

@@ -231,37 +231,6 @@ pools:
         assert last.headers["x-should-retry"] == "false" and "retry-after" not in last.headers
 
 
-def test_rpm_60_admits_60_of_100_across_two_gateway_processes(chat_sim: SimProcess, tmp_path: Path) -> None:
-    with RedisServer() as rs:
-        cfg = f"""
-auth:
-  admin_key_sha256: {sha(ADMIN_KEY)}
-  keys:
-    - {{name: limited, key_sha256: {sha("sk-limited")}, rpm: 60}}
-store: "{rs.url}"
-pools:
-  chat: {{endpoints: [{chat_sim.base_url}]}}
-"""
-        with GatewayProcess(cfg, tmp_path / "a", "a") as a, GatewayProcess(cfg, tmp_path / "b", "b") as b:
-            body = {"model": "chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
-            hdr = {"authorization": "Bearer sk-limited"}
-            clients = [httpx.Client(base_url=g.url, headers=hdr, timeout=20) for g in (a, b)]
-            try:
-                with cf.ThreadPoolExecutor(20) as pool:
-                    rs_ = list(pool.map(lambda i: clients[i % 2].post("/v1/chat/completions", json=body), range(100)))
-            finally:
-                for cl in clients:
-                    cl.close()
-            codes = [r.status_code for r in rs_]
-            assert (codes.count(200), codes.count(429)) == (60, 40)
-            assert codes[0::2].count(200) > 0 and codes[1::2].count(200) > 0  # both replicas admitted some
-            refused = next(r for r in rs_ if r.status_code == 429)
-            assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-            assert 1 <= int(refused.headers["retry-after"]) <= 60
-            ok = next(r for r in rs_ if r.status_code == 200)
-            assert ok.headers["x-ratelimit-limit-requests"] == "60"
-
-
 # --- no record lost ------------------------------------------------------------------------
 
 
@@ -304,9 +273,8 @@ pools:
             t.start()
         assert wait_until(lambda: len(answered) >= 60, timeout=20)
         gw.signal(signal.SIGTERM)
-        # uvicorn re-raises SIGTERM after its graceful shutdown, so -15 is a clean exit too.
-        assert gw.wait(60) in (0, -signal.SIGTERM), gw.log_tail()
-        assert "Application shutdown complete" in gw.log_tail()
+        assert gw.wait(60) == 0, gw.log_tail()  # a clean SIGTERM exits 0 (issue #14)
+        assert "shutdown complete" in gw.log_tail()
         stop.set()
         for t in threads:
             t.join(30)

@@ -164,3 +164,28 @@ def test_a_retried_batch_is_not_written_twice() -> None:
         assert len(store.records) == 10 and store.calls == 2
 
     asyncio.run(main())
+
+
+def test_group_commit_writes_each_record_within_the_window_and_idles_for_free() -> None:
+    """Issue #14, finding 4: what a SIGKILL loses is bounded by this window."""
+
+    async def main() -> None:
+        store = MemoryStore()
+        w = Writer(store, buffer_max=10_000, flush_interval=0.1)
+        w.start()
+        await asyncio.sleep(0.3)
+        assert store.writes == 0  # nothing buffered: no empty commits
+        lags = []
+        for group in range(5):
+            added = time.monotonic()
+            for i in range(20):
+                w.add(rec(group * 100 + i))
+            want = (group + 1) * 20
+            await _until(lambda: len(store.records) == want, within=2.0)  # noqa: B023
+            lags.append(time.monotonic() - added)
+            await asyncio.sleep(0.05 * group)  # groups at irregular times
+        assert store.writes == 5  # one commit per group
+        assert max(lags) < 0.2, lags  # window 0.1 s + the write
+        assert await w.close() == 0
+
+    asyncio.run(main())

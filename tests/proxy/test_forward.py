@@ -18,6 +18,7 @@ from gateway.proxy.forward import forward
 from gateway.proxy.plan import make_plan
 from gateway.routing.backend import Backend
 from gateway.routing.pool import Pool, endpoint_backends
+from gateway.server.asgi import AsgiExchange
 from gateway.sim.testing import SimProcess, free_port
 from tests.gw import CLIENT_KEY, GatewayServer, auth_yaml, wait_until
 
@@ -86,6 +87,14 @@ def _pool(url: str) -> Pool:
     return pool
 
 
+def _exchange(send: Any) -> AsgiExchange:
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return AsgiExchange({"method": "POST", "path": "/v1/completions", "headers": []}, receive, send)
+
+
 def _forward_once(sim_url: str, body: dict[str, Any], stream: bool) -> tuple[Backend, list[dict[str, Any]]]:
     async def main() -> tuple[Backend, list[dict[str, Any]]]:
         pool = _pool(sim_url)
@@ -100,7 +109,7 @@ def _forward_once(sim_url: str, body: dict[str, Any], stream: bool) -> tuple[Bac
 
         session = make_session("raw")
         try:
-            await forward(session, pool, ctx, plan, send)
+            await forward(session, pool, ctx, plan, _exchange(send))
         finally:
             await session.close()
         assert ctx.completed and backend.outstanding == 0
@@ -132,7 +141,7 @@ def test_an_unreachable_backend_is_not_observed_and_sits_out() -> None:
         session = make_session("raw")
         try:
             with pytest.raises(GatewayError) as e:
-                await forward(session, pool, ctx, plan, send)
+                await forward(session, pool, ctx, plan, _exchange(send))
             assert e.value.status == 502
         finally:
             await session.close()

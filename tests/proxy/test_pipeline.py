@@ -7,11 +7,12 @@ from typing import Any
 import pytest
 
 from gateway.config import GatewayConfig
-from gateway.context import RequestContext
+from gateway.context import RequestContext, RequestIds
 from gateway.errors import GatewayError
 from gateway.keys.auth import Key
-from gateway.proxy.pipeline import describe, new_request_id, parse_body, resolve
+from gateway.proxy.pipeline import describe, parse_body, resolve
 from gateway.server.app import create_state
+from gateway.server.asgi import AsgiExchange
 from gateway.server.routes import ROUTES
 from gateway.state import GatewayState
 
@@ -75,20 +76,34 @@ def test_wrong_pool_kind_names_the_routes_that_serve_it() -> None:
 
 def test_describe_reads_stream_usage_and_user() -> None:
     st = state()
-    ctx = RequestContext(request_id=new_request_id(), endpoint="chat")
+    ctx = RequestContext(request_id=RequestIds().new(), endpoint="chat")
     body = {"model": "c", "stream": True, "stream_options": {"include_usage": True}, "user": "u1"}
-    describe(ctx, {"headers": []}, st.pools["chat"], body, CHAT)
+    describe(ctx, _ex([]), st.pools["chat"], body, CHAT)
     assert (ctx.stream, ctx.include_usage_requested, ctx.user, ctx.model_requested) == (True, True, "u1", "c")
     # Embeddings never stream, whatever the body says; Open WebUI's header names the user.
     ctx = RequestContext(request_id="r", endpoint="embeddings")
-    describe(ctx, {"headers": [(b"x-openwebui-user-id", b"owui")]}, st.pools["emb"], {"model": "emb", "stream": True},
+    describe(ctx, _ex([(b"x-openwebui-user-id", b"owui")]), st.pools["emb"], {"model": "emb", "stream": True},
              EMBEDDINGS)
     assert (ctx.stream, ctx.user) == (False, "owui")
     with pytest.raises(GatewayError) as e:
-        describe(ctx, {"headers": []}, st.pools["chat"], {"model": "c", "stream": "yes"}, CHAT)
+        describe(ctx, _ex([]), st.pools["chat"], {"model": "c", "stream": "yes"}, CHAT)
     assert code_of(e) == (400, "invalid_type") and e.value.param == "stream"
 
 
-def test_request_ids_are_unique() -> None:
-    ids = {new_request_id() for _ in range(100)}
-    assert len(ids) == 100 and all(i.startswith("req-") for i in ids)
+def _ex(headers: list[tuple[bytes, bytes]]) -> AsgiExchange:
+    async def nothing() -> dict[str, object]:
+        raise AssertionError("describe reads headers only")
+
+    async def sink(msg: object) -> None:
+        raise AssertionError("describe sends nothing")
+
+    return AsgiExchange({"method": "POST", "path": "/v1/chat/completions", "headers": headers}, nothing, sink)
+
+
+def test_request_ids_are_unique_within_and_across_processes() -> None:
+    ids = RequestIds()
+    seen = {ids.new() for _ in range(100)}
+    assert len(seen) == 100 and all(i.startswith("req-") for i in seen)
+    # Another process (or a restart) draws another random prefix.
+    other = RequestIds()
+    assert not seen & {other.new() for _ in range(100)}

@@ -1,5 +1,5 @@
 """Issue #17's routes through the gateway over real sockets: simulated vLLM engines,
-uvicorn, and the official `openai` and `anthropic` SDKs as clients.
+our HTTP server, and the official `openai` and `anthropic` SDKs as clients.
 
 Per route: SDK round trips (stream and not), ledger rows equal to the engine's own
 counters, an allowlisted key refused outside its list, a malformed body answered in the
