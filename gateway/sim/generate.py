@@ -137,6 +137,7 @@ class Generation:
         self._timer: asyncio.Future[None] | None = None
         self.itl_s = _header_ms(http, "x-sim-itl-ms", cfg.itl_ms) / 1000.0
         self.steps = max((p.steps for p in self.plans), default=0)
+        self._llamacpp_completion = not self.chat and cfg.dialect == "llamacpp"
         self.loop = asyncio.get_running_loop()
         self.t_arrive = self.loop.time()
 
@@ -319,7 +320,7 @@ class Generation:
                 if self.engine_aborted and done < self.steps:
                     plans = [_cut(p, done) if done < p.steps else p for p in self.plans]
                     events += [self._finish_event(i, p, None) for i, p in enumerate(plans) if done < self.plans[i].steps]
-            if self.req.include_usage:
+            if self.req.include_usage and not self._llamacpp_completion:
                 events.append(b"data: " + head + b'],"usage":' + orjson.dumps(self._usage(plans, stream=True))
                               + b',"system_fingerprint":"' + SYSTEM_FINGERPRINT.encode() + b'"}\n\n')
             events.append(_DONE)
@@ -411,6 +412,12 @@ class Generation:
             text = plan.deltas[step][1]
             if echo is not None and step == 0:
                 text = echo[i] + text
+            if last and self._llamacpp_completion:
+                # llama-server: the text chunk, then "" + finish_reason + usage (asked for or not)
+                fin = orjson.dumps({"index": i, "text": "", "logprobs": None, "finish_reason": plan.finish_reason})
+                usage = orjson.dumps(self._usage(self.plans, stream=True))
+                return (self._event({"index": i, "text": text, "logprobs": None, "finish_reason": None})
+                        + b"data: " + self._head + fin + b'],"usage":' + usage + b"}\n\n")
             if last:  # vLLM: finish_reason rides on the last content chunk of completions
                 return self._event({"index": i, "text": text, "logprobs": None,
                                     "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason},

@@ -65,3 +65,25 @@ def test_without_continuous_usage_a_cut_stream_is_estimated(tmp_path: Any) -> No
                     break
         _flush(gw, requests=1)
         assert _usage(gw.url)[0]["estimated_requests"] == 1
+
+
+def test_llamacpp_usage_on_the_last_completions_chunk_is_stripped_and_metered(tmp_path: Any) -> None:
+    args = ["--served-model-name", "engine-chat", "--ttft-ms", "1", "--itl-ms", "1", "--dialect", "llamacpp"]
+    with SimProcess(args) as sim:
+        direct = sim.stream("/v1/completions", {"model": "engine-chat", "prompt": "hi", "max_tokens": 3, "stream": True})
+        last = direct[-2]
+        assert last["choices"][0]["text"] == "" and last["choices"][0]["finish_reason"] == "length"
+        assert last["usage"]["completion_tokens"] == 3  # not asked for, sent anyway (llama-server)
+        with GatewayServer(_gateway(tmp_path, sim, False)) as gw:
+            for asked in (False, True):
+                body: dict[str, Any] = {"model": "chat", "prompt": "hi", "max_tokens": 3, "stream": True}
+                if asked:
+                    body["stream_options"] = {"include_usage": True}
+                with httpx.stream("POST", gw.url + "/v1/completions", json=body, headers=CLIENT, timeout=20) as r:
+                    raw = b"".join(r.iter_raw())
+                events = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: {")]
+                assert [e["usage"]["completion_tokens"] for e in events if "usage" in e] == ([3] if asked else [])
+                assert events[-1]["choices"][0]["finish_reason"] == "length"  # the rest of the chunk stays
+            _flush(gw, requests=2)
+            row = _usage(gw.url)[0]
+            assert (row["completion_tokens"], row["estimated_requests"]) == (6, 0)
