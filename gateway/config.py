@@ -262,6 +262,34 @@ class PoolConfig(_Model):
     # encode base64 itself (if not, the gateway asks for floats and encodes).
     supports_dimensions: bool = False
     engine_base64: bool = True
+    # When the gateway asks a stream for usage (to meter it), also ask for the running
+    # total on every chunk (`stream_options.continuous_usage_stats`, vLLM and SGLang), so a
+    # stream the client cuts short is metered with the engine's own figures. None: on when
+    # every spawned engine is vllm/sglang, off otherwise (external endpoints may reject it).
+    continuous_usage: bool | None = None
+    # The model's tokenizer.json, for estimates of what no engine reported (a stream cut
+    # short). None: `<model>/tokenizer.json` of the first spawned engine when the model is
+    # a directory; otherwise the bundled cl100k.
+    tokenizer: str | None = None
+
+    @property
+    def asks_continuous_usage(self) -> bool:
+        if self.continuous_usage is not None:
+            return self.continuous_usage
+        return bool(self.spawn) and all(s.engine in ("vllm", "sglang") for s in self.spawn)
+
+    @property
+    def usage_counts_one_choice(self) -> bool:
+        """llama.cpp's non-stream usage covers one choice when n > 1 (see proxy.n_usage)."""
+        return bool(self.spawn) and all(s.engine == "llamacpp" for s in self.spawn)
+
+    @property
+    def tokenizer_path(self) -> str | None:
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.spawn and not self.spawn[0].model.endswith(".gguf"):
+            return self.spawn[0].model.rstrip("/") + "/tokenizer.json"
+        return None
 
     @model_validator(mode="before")
     @classmethod

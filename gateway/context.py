@@ -48,6 +48,7 @@ class RequestContext:
     ended: float | None = None
     # Usage as reported by the engine (`usage` object), or None if it sent none.
     usage: dict[str, Any] | None = None
+    usage_estimated: bool = False  # the gateway corrected `usage` by counting (proxy.n_usage)
     # The stream's usage is exact only if it completed (Messages: `message_start` has the
     # input alone); a cut stream's output is then estimated from what was delivered.
     usage_needs_end: bool = False

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import config as config_mod
 from .config import ConfigError, GatewayConfig
+from .metering.model_tokenizer import ModelTokenizer
 from .routing.policies import make_balancer
 from .routing.pool import Pool, endpoint_backends
 from .state import GatewayState, build_names
@@ -72,6 +73,8 @@ def _apply_pools(state: GatewayState, new: GatewayConfig, summary: dict[str, lis
         if pcfg.balancer != old.balancer or pcfg.prefix_routing != old.prefix_routing:
             pool.balancer = make_balancer(pcfg.balancer, prefix=pcfg.prefix_routing)
         pool.cfg = pcfg
+        if pcfg.tokenizer_path != pool.tokenizer.path:
+            pool.tokenizer = ModelTokenizer(pcfg.tokenizer_path)
         for b in pool.backends:
             b.max_concurrency = pcfg.max_concurrency
             if b.source != "spawned":

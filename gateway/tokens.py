@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,14 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
-def count_chat_prompt(messages: list[Any], tools: list[Any] | None = None) -> int:
-    """Prompt tokens of a chat request, the way the simulator (and our estimate) counts them."""
+def count_chat_prompt(
+    messages: list[Any], tools: list[Any] | None = None, count: Callable[[str], int] = count_text
+) -> int:
+    """Prompt tokens of a chat request, the way the simulator (and our estimate) counts them.
+
+    `count` counts a text (cl100k by default; estimates pass the model's own tokenizer).
+    """
+    count_text = count
     n = REPLY_PRIMING_TOKENS
     for m in messages:
         if not isinstance(m, dict):
@@ -93,8 +100,9 @@ def count_chat_prompt(messages: list[Any], tools: list[Any] | None = None) -> in
     return n
 
 
-def count_prompt(prompt: Any) -> int:
+def count_prompt(prompt: Any, count: Callable[[str], int] = count_text) -> int:
     """Prompt tokens of a legacy completion or embedding input: str, [str], [int] or [[int]]."""
+    count_text = count
     if prompt is None:
         return 0
     if isinstance(prompt, str):
@@ -104,5 +112,5 @@ def count_prompt(prompt: Any) -> int:
             return 0
         if all(isinstance(x, int) for x in prompt):
             return len(prompt)
-        return sum(count_prompt(x) for x in prompt)
+        return sum(count_prompt(x, count) for x in prompt)
     return count_text(str(prompt))

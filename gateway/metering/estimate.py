@@ -2,8 +2,9 @@
 
 A stream cut short (client gone, engine died, timeout) carries no usage chunk. We count
 the prompt from the request body and the completion from exactly what the client
-received, with the same offline cl100k tokenizer the simulator uses, so the estimate
-of a cut-short stream matches the simulated engine to the token.
+received, with the model's own tokenizer when the pool knows it (`ModelTokenizer`), else
+the offline cl100k tokenizer the simulator uses, so the estimate of a cut-short stream
+matches the engine (simulated or real) to the token or close to it.
 
 Rules:
 - prompt: chat -> `count_chat_prompt(messages, tools)`; completions and embeddings ->
@@ -20,7 +21,7 @@ These run in the meter's flush task (in a worker thread), never on the request p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,24 +29,27 @@ import orjson
 
 from gateway import tokens
 
+# Counts a text's tokens: cl100k (`tokens.count_text`) or a model's own tokenizer.
+Count = Callable[[str], int]
 
-def prompt_tokens(endpoint: str, body: dict[str, Any] | None) -> int:
+
+def prompt_tokens(endpoint: str, body: dict[str, Any] | None, count: Count = tokens.count_text) -> int:
     if not isinstance(body, dict):
         return 0
     if endpoint == "chat":
         messages = body.get("messages")
         tools = body.get("tools")
         return tokens.count_chat_prompt(
-            messages if isinstance(messages, list) else [], tools if isinstance(tools, list) else None
+            messages if isinstance(messages, list) else [], tools if isinstance(tools, list) else None, count
         )
     if endpoint == "embeddings":
-        return tokens.count_prompt(body.get("input"))
+        return tokens.count_prompt(body.get("input"), count)
     if endpoint == "responses":
         inp = body.get("input")
         if isinstance(inp, list):
             msgs = [m for m in inp if isinstance(m, dict)]
-            return tokens.count_chat_prompt(msgs, None)
-        return tokens.count_prompt(inp)
+            return tokens.count_chat_prompt(msgs, None, count)
+        return tokens.count_prompt(inp, count)
     if endpoint == "messages":
         # Normally unused: a Messages stream reports its input in `message_start`.
         messages = body.get("messages")
@@ -53,8 +57,8 @@ def prompt_tokens(endpoint: str, body: dict[str, Any] | None) -> int:
         system = body.get("system")
         if isinstance(system, str) and system:
             msgs = [{"role": "system", "content": system}, *msgs]
-        return tokens.count_chat_prompt(msgs, None)
-    return tokens.count_prompt(body.get("prompt"))
+        return tokens.count_chat_prompt(msgs, None, count)
+    return tokens.count_prompt(body.get("prompt"), count)
 
 
 def events(delivered: Iterable[bytes | bytearray]) -> Iterator[dict[str, Any]]:
@@ -121,10 +125,10 @@ class _Choice:
         _add_str(name, fn.get("name"))
         _add_str(args, fn.get("arguments"))
 
-    def count(self) -> int:
-        n = tokens.count_text("".join(self.text)) + tokens.count_text("".join(self.reasoning))
+    def count(self, count: Count) -> int:
+        n = count("".join(self.text)) + count("".join(self.reasoning))
         for name, args in self.tools.values():
-            n += tokens.count_text("".join(name)) + tokens.count_text("".join(args))
+            n += count("".join(name)) + count("".join(args))
         return n
 
 
@@ -133,11 +137,13 @@ def _add_str(parts: list[str], value: Any) -> None:
         parts.append(value)
 
 
-def completion_tokens(delivered: Iterable[bytes | bytearray]) -> int:
-    return completion(delivered)[1]
+def completion_tokens(delivered: Iterable[bytes | bytearray], count: Count = tokens.count_text) -> int:
+    return completion(delivered, count=count)[1]
 
 
-def completion(delivered: Iterable[bytes | bytearray], dropped: int = 0) -> tuple[bool, int]:
+def completion(
+    delivered: Iterable[bytes | bytearray], dropped: int = 0, count: Count = tokens.count_text
+) -> tuple[bool, int]:
     """(whether any choice reached the client, completion tokens delivered).
 
     `dropped` events were relayed after the kept ones but not kept (a very long stream):
@@ -163,7 +169,7 @@ def completion(delivered: Iterable[bytes | bytearray], dropped: int = 0) -> tupl
             for k in ("delta", "message"):
                 if isinstance(c.get(k), dict):
                     ch.add_message(c[k])
-    kept = sum(ch.count() for ch in choices.values())
+    kept = sum(ch.count(count) for ch in choices.values())
     if dropped and n_events:
         kept += round(dropped * kept / n_events)
     return bool(choices), kept

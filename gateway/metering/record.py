@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway import tokens
+
 from . import estimate
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ class _Pending:
     delivered: list[bytes | bytearray]
     dropped: int = 0  # events relayed past the context's keep limit
     prompt: int | None = None  # the engine's own prompt count, when a stream reported it early
+    count: estimate.Count = tokens.count_text  # the pool's model tokenizer, when known
 
 
 @dataclass
@@ -89,12 +92,12 @@ class UsageRecord:
         if p.endpoint == "embeddings":
             started, completion = self.status < 400, 0
         else:
-            started, completion = estimate.completion(p.delivered, p.dropped)
+            started, completion = estimate.completion(p.delivered, p.dropped, p.count)
         if not started and p.prompt is None:
             # No output reached the client: no evidence the engine even read the prompt
             # (engines count prompt tokens at prefill, which ends with the first token).
             return self
-        self.prompt_tokens = p.prompt if p.prompt is not None else estimate.prompt_tokens(p.endpoint, p.body)
+        self.prompt_tokens = p.prompt if p.prompt is not None else estimate.prompt_tokens(p.endpoint, p.body, p.count)
         self.completion_tokens = completion
         self.total_tokens = self.prompt_tokens + completion
         return self
@@ -141,11 +144,13 @@ def from_context(ctx: RequestContext, lazy: bool = False) -> UsageRecord:
     partial = ctx.usage is not None and ctx.usage_needs_end and not ctx.completed
     if ctx.usage is not None and not partial:
         rec._set_usage(ctx.usage)
+        rec.estimated = ctx.usage_estimated
     elif ctx.backend is not None:
         # Dispatched to an engine but no (final) usage came back: count what we can see.
         rec.estimated = True
         known = _int(ctx.usage.get("prompt_tokens")) if ctx.usage is not None else None
-        rec._pending = _Pending(ctx.endpoint, ctx.body, ctx.delivered, ctx.delivered_dropped, known)
+        count = ctx.pool.tokenizer.count_text if ctx.pool is not None else tokens.count_text
+        rec._pending = _Pending(ctx.endpoint, ctx.body, ctx.delivered, ctx.delivered_dropped, known, count)
         if not lazy:
             rec.finish_estimate()
     # Never dispatched (auth, limits, unknown model, queue full): no tokens were used.

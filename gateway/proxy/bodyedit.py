@@ -63,17 +63,25 @@ def request_for_backend(raw: bytes, body: dict[str, Any], served: str) -> bytes:
     return orjson.dumps({**body, "model": served})
 
 
-def with_include_usage(raw: bytes, body: dict[str, Any]) -> bytes:
-    """The request body asking the engine for a usage chunk, changing as few bytes as we can."""
+def with_include_usage(raw: bytes, body: dict[str, Any], continuous: bool = False) -> bytes:
+    """The request body asking the engine for a usage chunk, changing as few bytes as we can.
+
+    `continuous` also asks for the running total on every chunk (vLLM/SGLang's
+    `continuous_usage_stats`), so a stream cut short still has the engine's own figures.
+    """
     opts = body.get("stream_options")
     if opts is None:
         stripped = raw.lstrip()
         if stripped.startswith(b"{"):
             rest = stripped[1:].lstrip()
             sep = b"" if rest.startswith(b"}") else b","
-            return b'{"stream_options":{"include_usage":true}' + sep + rest
+            extra = b',"continuous_usage_stats":true' if continuous else b""
+            return b'{"stream_options":{"include_usage":true' + extra + b"}" + sep + rest
     new = dict(body)
-    new["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    asked: dict[str, Any] = {"include_usage": True}
+    if continuous:
+        asked["continuous_usage_stats"] = True
+    new["stream_options"] = {**(opts if isinstance(opts, dict) else {}), **asked}
     return orjson.dumps(new)
 
 

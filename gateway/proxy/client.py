@@ -146,6 +146,13 @@ class _Conn(asyncio.Protocol):
             self.transport.resume_reading()
         return chunk
 
+    def take_buffered(self) -> bytes:
+        """Every body piece received but not yet read, without waiting (aiohttp's `read_nowait`)."""
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return data
+
     def reset(self) -> None:
         # The parser itself carries on: llhttp parses one keep-alive response after
         # another. Only a connection whose response was read to its end comes back here.
@@ -183,6 +190,10 @@ class _Response:
         of an async generator's extra frame and StopAsyncIteration machinery."""
         chunk = await self._conn.next_chunk()
         return b"" if chunk is None else chunk
+
+    def read_nowait(self) -> bytes:
+        """What arrived and was not read yet (the relay's accounting when a client leaves)."""
+        return self._conn.take_buffered()
 
     async def json(self, content_type: str | None = None) -> Any:
         return orjson.loads(await self.read())

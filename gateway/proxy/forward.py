@@ -10,9 +10,11 @@ aborts the request and frees its batch slot.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 import aiohttp
 
@@ -22,10 +24,11 @@ from ..routing.backend import Backend
 from ..routing.pool import Pool
 from ..routing.request import Completion, completion_from_usage
 from ..server.exchange import Exchange, RawHeaders
-from . import sse
+from . import n_usage, sse
 from .bodyedit import request_for_backend
 from .headers import request_headers, response_headers
 from .plan import Plan
+from .usage import Usage
 
 log = logging.getLogger("gateway.proxy")
 
@@ -145,6 +148,8 @@ async def _relay_body(
 ) -> None:
     body = await resp.read()
     ctx.upstream_time += time.monotonic() - started
+    if plan.recount_choices is not None and resp.status < 400:
+        body, ctx.usage_estimated = await asyncio.to_thread(n_usage.count_every_choice, body, plan.recount_choices)
     ctx.usage = plan.body_usage(body)
     if plan.rewrite_body is not None:
         body = plan.rewrite_body(body)
@@ -196,8 +201,10 @@ async def _relay_stream(
                     usage = event_usage(ev)
                     if usage is not None:
                         ctx.usage = usage
-                        if plan.strip_usage and sse.is_usage_only(ev):
-                            continue
+                        if plan.strip_usage:
+                            if sse.is_usage_only(ev):
+                                continue
+                            ev = sse.without_usage(ev)
                     if rewrite is not None:
                         new = rewrite(ev)
                         if new is None:
@@ -217,6 +224,10 @@ async def _relay_stream(
             partial = " (partial event dropped)" if framer.rest() else ""
             end = "its final event" if ends is not None else "[DONE]"
             raise aiohttp.ClientPayloadError(f"stream ended without {end}{partial}")
+    except asyncio.CancelledError:
+        # The client left: what the engine already sent may sit unread in our buffer.
+        _take_buffered(resp, framer, ctx, event_usage)
+        raise
     except (aiohttp.ClientError, TimeoutError) as e:
         # The engine died, stalled past stream_idle, or cut the stream: end it cleanly
         # with an error event the SDKs understand, never a hang.
@@ -235,3 +246,25 @@ async def _relay_stream(
         await start()
     await out.end()
 
+
+def _take_buffered(
+    resp: aiohttp.ClientResponse, framer: sse.EventFramer, ctx: RequestContext, event_usage: Callable[[bytes], Usage | None]
+) -> None:
+    """Account for what the engine sent that we had not relayed when the client left.
+
+    Read without waiting: the engine's latest running usage (continuous_usage_stats) is
+    its own figure; otherwise the events join what the estimate counts, since the engine
+    generated (and counted) those tokens whether or not the client saw them.
+    """
+    try:
+        data = resp.content.read_nowait()
+    except Exception:  # the connection may already be torn down; nothing to take then
+        return
+    for ev in framer.feed(data) if data else ():
+        if not ev.startswith(b"data:") or sse.is_done(ev):
+            continue
+        usage = event_usage(ev)
+        if usage is not None:
+            ctx.usage = usage
+        elif ctx.usage is None:
+            ctx.keep_delivered(ev)

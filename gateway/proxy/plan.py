@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..context import RequestContext
+from ..metering.model_tokenizer import ModelTokenizer
 from ..routing.pool import Pool
 from ..server.asgi import RawHeaders
 from . import bodyedit, dialects, embeddings, multipart, reasoning, sse
@@ -42,12 +43,18 @@ class Plan:
     client_headers: RawHeaders
     # The model name engines of this pool serve, when a backend has not told us its own.
     served_default: str
-    strip_usage: bool = False  # we injected include_usage; the client must not see the chunk
+    # We injected include_usage (and maybe continuous_usage_stats): the client must see
+    # neither the usage chunk nor `usage` on content chunks (llama.cpp puts it on its last
+    # completions chunk; continuous stats put it on every chunk).
+    strip_usage: bool = False
     rewrite_event: EventRewrite | None = None
     rewrite_body: BodyRewrite | None = None
     rewrite_error: ErrorRewrite | None = None
     before_done: Callable[[], bytes] | None = None  # events to flush before `data: [DONE]`
     extra_headers: RawHeaders | None = None  # e.g. rate-limit headers for the client
+    # Set when the engine's non-stream usage counts one choice of n (llama.cpp): the
+    # tokenizer to correct it with (proxy.n_usage).
+    recount_choices: ModelTokenizer | None = None
     # Where the route's answers carry usage (`proxy.usage`), and how its streams end.
     body_usage: Callable[[bytes], Usage | None] = sse.body_usage
     event_usage: Callable[[bytes], Usage | None] = sse.event_usage
@@ -94,8 +101,11 @@ def make_plan(
         _form(plan, form, client_headers)
     if ctx.stream and inject_usage and not ctx.include_usage_requested:
         # Meter streams exactly: ask the engine for its usage chunk, hide it from the client.
-        plan.body = bodyedit.with_include_usage(raw, body)
+        plan.body = bodyedit.with_include_usage(raw, body, pool.cfg.asks_continuous_usage)
         plan.strip_usage = True
+    n = body.get("n")
+    if not ctx.stream and isinstance(n, int) and n > 1 and pool.cfg.usage_counts_one_choice:
+        plan.recount_choices = pool.tokenizer
     name = orjson.dumps(ctx.model_requested)[1:-1]
     plan.rewrite_error = normalize_error
     if ctx.endpoint == "chat":

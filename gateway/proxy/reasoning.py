@@ -255,6 +255,15 @@ def _rewrite_delta(delta: dict[str, Any], choice: dict[str, Any], splitter: Stre
     """Split and alias one delta in place: _SAME, _CHANGED, or _HELD (its text went into holding)."""
     engine_r = _engine_reasoning(delta)
     if splitter is None:
+        if engine_r is not None and engine_r.startswith(_OPEN):
+            # vLLM's streaming parser leaks the literal `<think>` when the tag and the next
+            # token leave the engine in one step (seen under load); the tag is never reasoning.
+            engine_r = engine_r[len(_OPEN) :]
+            for f in _FIELDS:
+                if isinstance(delta.get(f), str) and delta[f].startswith(_OPEN):
+                    delta[f] = delta[f][len(_OPEN) :]
+            _alias(delta, engine_r)
+            return _CHANGED
         return _alias(delta, engine_r)
     index = choice.get("index", 0)
     if not isinstance(index, int):

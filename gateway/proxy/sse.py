@@ -67,6 +67,41 @@ def event_usage(event: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
+def without_usage(event: bytes) -> bytes:
+    """The event with its `usage` member removed (a content chunk that also carries usage).
+
+    Called only for events `event_usage` found a usage object in; a byte splice, so the
+    rest of the chunk reaches the client as the engine wrote it.
+    """
+    i = event.rfind(b'"usage":')
+    j = event.find(b"{", i)
+    k = _object_end(event, j) if i >= 0 and j >= 0 else -1
+    if k < 0:
+        return event
+    before = event[:i].rstrip()
+    after = event[k + 1 :]
+    if before.endswith(b","):
+        return before[:-1] + after
+    stripped_after = after.lstrip()
+    if stripped_after.startswith(b","):
+        return before + stripped_after[1:]
+    return before + after
+
+
+def _object_end(data: bytes, start: int) -> int:
+    """Index of the `}` closing the object opening at `start` (usage holds no strings), or -1."""
+    depth = 0
+    for k in range(start, len(data)):
+        c = data[k]
+        if c == 0x7B:  # {
+            depth += 1
+        elif c == 0x7D:  # }
+            depth -= 1
+            if depth == 0:
+                return k
+    return -1
+
+
 def is_usage_only(event: bytes) -> bool:
     """The final `choices: []` chunk that exists only to carry usage."""
     return any(m in event for m in _EMPTY_CHOICES)
@@ -87,17 +122,11 @@ def body_usage(body: bytes) -> dict[str, Any] | None:
     j = body.find(b"{", i)
     if j < 0 or body[i + 7 : j].strip(b": \t\n") != b"":
         return None
-    depth = 0
-    for k in range(j, len(body)):
-        c = body[k]
-        if c == 0x7B:  # {
-            depth += 1
-        elif c == 0x7D:  # }
-            depth -= 1
-            if depth == 0:
-                try:
-                    usage = orjson.loads(body[j : k + 1])
-                except orjson.JSONDecodeError:
-                    return None
-                return usage if isinstance(usage, dict) else None
-    return None
+    k = _object_end(body, j)
+    if k < 0:
+        return None
+    try:
+        usage = orjson.loads(body[j : k + 1])
+    except orjson.JSONDecodeError:
+        return None
+    return usage if isinstance(usage, dict) else None

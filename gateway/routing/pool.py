@@ -15,6 +15,7 @@ from typing import Protocol
 
 from ..config import PoolConfig
 from ..errors import GatewayError, service_unavailable
+from ..metering.model_tokenizer import ModelTokenizer
 from .backend import Backend
 from .policies import Balancer, make_balancer
 from .request import Completion, RouteRequest, bare_request
@@ -54,6 +55,8 @@ class Pool:
         self.cfg = cfg
         self.backends: list[Backend] = []
         self.balancer = balancer or make_balancer(cfg.balancer, prefix=cfg.prefix_routing)
+        # For estimates of what no engine reported; loads on first use, off the loop.
+        self.tokenizer = ModelTokenizer(cfg.tokenizer_path)
         self._waiters: deque[tuple[asyncio.Future[Backend], frozenset[Backend], RouteRequest]] = deque()
         self.demand: Demand | None = None
         self.last_release = 0.0  # monotonic; idle timeouts count from here

@@ -21,7 +21,7 @@ from gateway.sim.anthropic import MessagesApi
 from gateway.sim.audio import AudioApi
 from gateway.sim.config import SimConfig
 from gateway.sim.dev_routes import dev_routes
-from gateway.sim.errors import ApiError, error_body, not_supported
+from gateway.sim.errors import ApiError, RouteNotMounted, error_body, not_supported
 from gateway.sim.generate import Generation
 from gateway.sim.http import Connection, Request
 from gateway.sim.pooling import PoolingApi
@@ -197,11 +197,15 @@ class SimApp:
         await self._inference(req, conn, self._embeddings)
 
     async def _chat(self, req: Request, conn: Connection) -> None:
+        if self.cfg.embedding:
+            raise RouteNotMounted()
         if self.cfg.is_pooling:
             raise not_supported("Chat Completions API")
         await self._generate(parse_chat(req.body, self.cfg), req, conn)
 
     async def _completions(self, req: Request, conn: Connection) -> None:
+        if self.cfg.embedding:
+            raise RouteNotMounted()
         if self.cfg.is_pooling:
             raise not_supported("Completions API")
         await self._generate(parse_completion(req.body, self.cfg), req, conn)
@@ -217,6 +221,8 @@ class SimApp:
     async def _embeddings(self, req: Request, conn: Connection) -> None:
         cfg, st = self.cfg, self.st
         if not cfg.embedding:
+            if not cfg.is_pooling:
+                raise RouteNotMounted()  # a generative model: vLLM 0.32 does not mount the route
             raise not_supported("Embeddings API")
         ereq = parse_embedding(req.body, cfg)
         self._maybe_fail()

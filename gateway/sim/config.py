@@ -73,6 +73,9 @@ class SimConfig:
     reasoning: str = "none"
     reasoning_field: str = "reasoning"
     tool_call_mode: str = "text"
+    # vllm: vLLM 0.32's wire; llamacpp: llama-server's /v1/completions stream (its last chunk
+    # carries `usage` even when not asked, and there is no separate usage chunk)
+    dialect: str = "vllm"
     seed: int = 0
     api_key: str | None = None
     output_tokens: int = 64
@@ -171,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "content; r1: R</think>\\n\\nA in content (no opening tag)")
     m.add_argument("--reasoning-field", choices=REASONING_FIELDS, default="reasoning",
                    help="field name(s) used by --reasoning field (vLLM>=0.16: reasoning; older: reasoning_content)")
+    m.add_argument("--dialect", choices=("vllm", "llamacpp"), default="vllm",
+                   help="llamacpp: /v1/completions streams end like llama-server's (usage on the last "
+                   "chunk whether asked or not, no separate usage chunk)")
     m.add_argument("--tool-call-mode", choices=TOOL_CALL_MODES, default="text",
                    help="always: requests with tools get a tool call of the first (or chosen) tool")
 
@@ -255,6 +261,7 @@ def config_from_args(argv: list[str] | None = None) -> SimConfig:
         embedding_dim=a.embedding_dim,
         reasoning=a.reasoning,
         reasoning_field=a.reasoning_field,
+        dialect=a.dialect,
         tool_call_mode=a.tool_call_mode,
         seed=a.seed,
         api_key=a.api_key,

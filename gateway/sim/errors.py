@@ -56,8 +56,26 @@ def bad_request(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, "BadRequestError", param)
 
 
+def validation_error(name: str, kind: str, msg: str, value: Any) -> ApiError:
+    """vLLM 0.32's pydantic request-validation 400: type "Bad Request", param "body.<field>"."""
+    loc = f"body.{name}"
+    detail = {"type": kind, "loc": loc, "msg": msg, "input": value}
+    return ApiError(400, f"1 validation error:\n  {detail!r}", "Bad Request", loc)
+
+
 def not_supported(api: str) -> ApiError:
     """A route the served model has no handler for. vLLM 0.32's routers raise
     NotImplementedError("The model does not support <API>"), which its exception handler
     renders as 501 NotImplementedError (serve/exception_handling/error_response.py)."""
     return ApiError(501, f"The model does not support {api}", "NotImplementedError")
+
+
+class RouteNotMounted(ApiError):
+    """A route vLLM 0.32 does not mount for this model kind (embeddings on a generative
+    model, chat/completions on an embedding model): FastAPI's bare 404."""
+
+    def __init__(self) -> None:
+        super().__init__(404, "Not Found")
+
+    def body(self) -> bytes:
+        return b'{"detail":"Not Found"}'

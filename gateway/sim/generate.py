@@ -81,13 +81,29 @@ def build_plans(st: SimState, req: GenRequest, http: Request) -> list[ChoicePlan
     return plans
 
 
-def _usage(prompt_tokens: int, plans: list[ChoicePlan], cached_tokens: int | None) -> dict[str, Any]:
+# vLLM 0.32 puts "vllm-<version>-<hash>" on non-stream bodies and on finish/usage chunks.
+SYSTEM_FINGERPRINT = "vllm-0.32.0-5e1f1a9b"
+# Null members real vLLM 0.32 adds to non-stream answers (clients may read them).
+_BODY_NULLS = {"prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None,
+               "kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
+_MESSAGE_NULLS = {"refusal": None, "annotations": None, "audio": None, "function_call": None}
+
+
+def _usage(prompt_tokens: int, plans: list[ChoicePlan], cached_tokens: int | None, reasoning: bool,
+           stream: bool = False) -> dict[str, Any]:
     """cached_tokens is None unless --enable-prompt-tokens-details; vLLM then reports it only
-    when non-zero (`if enable_prompt_tokens_details and num_cached_tokens`)."""
+    when non-zero (`if enable_prompt_tokens_details and num_cached_tokens`). With a reasoning
+    parser vLLM adds `completion_tokens_details.reasoning_tokens`; stream usage has no
+    `prompt_tokens_details` key unless it is set."""
     completion = sum(p.completion_tokens for p in plans)
+    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion,
+                             "completion_tokens": completion}
     details = {"cached_tokens": cached_tokens} if cached_tokens else None
-    return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion,
-            "completion_tokens": completion, "prompt_tokens_details": details}
+    if details is not None or not stream:
+        usage["prompt_tokens_details"] = details
+    if reasoning:
+        usage["completion_tokens_details"] = {"reasoning_tokens": sum(p.reasoning_tokens for p in plans)}
+    return usage
 
 
 def _cut(plan: ChoicePlan, steps: int) -> ChoicePlan:
@@ -121,6 +137,7 @@ class Generation:
         self._timer: asyncio.Future[None] | None = None
         self.itl_s = _header_ms(http, "x-sim-itl-ms", cfg.itl_ms) / 1000.0
         self.steps = max((p.steps for p in self.plans), default=0)
+        self._llamacpp_completion = not self.chat and cfg.dialect == "llamacpp"
         self.loop = asyncio.get_running_loop()
         self.t_arrive = self.loop.time()
 
@@ -171,14 +188,20 @@ class Generation:
         if self._timer is not None and not self._timer.done():
             self._timer.set_result(None)
 
-    def _usage(self, plans: list[ChoicePlan]) -> dict[str, Any]:
+    def _usage(self, plans: list[ChoicePlan], stream: bool = False) -> dict[str, Any]:
         details = self.cached_tokens if self.st.cfg.kv.enable_prompt_tokens_details else None
-        return _usage(self.req.prompt_tokens, plans, details)
+        reasoning = self.chat and self.st.cfg.reasoning == "field"
+        return _usage(self.req.prompt_tokens, plans, details, reasoning, stream)
 
     # ---- accounting -------------------------------------------------------------
+    @property
+    def prompt_tokens_counted(self) -> int:
+        """What vllm:prompt_tokens_total adds: the prompt once per sequence (n=2: twice)."""
+        return self.req.prompt_tokens * self.req.n
+
     def _prefilled(self) -> None:
         m = self.st.metrics
-        m.prompt_tokens += self.req.prompt_tokens
+        m.prompt_tokens += self.prompt_tokens_counted
         m.ttft.observe(self.loop.time() - self.t_arrive)
 
     def _done(self, reasons: list[str]) -> None:
@@ -209,7 +232,7 @@ class Generation:
                     if elapsed >= ttft:
                         k = self.steps if itl <= 0.0 else 1 + int((elapsed - ttft) / itl)
                         st.metrics.generation_tokens += sum(p.tokens_in_first(k) for p in self.plans)
-                        st.metrics.prompt_tokens += self.req.prompt_tokens
+                        st.metrics.prompt_tokens += self.prompt_tokens_counted
                         st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
             if not finished:
                 self._done(["abort"] * len(self.plans))
@@ -218,13 +241,13 @@ class Generation:
             k = 0 if elapsed < ttft else self.steps if itl <= 0.0 else 1 + int((elapsed - ttft) / itl)
             cut = [_cut(p, k) for p in self.plans]
             if k > 0:
-                st.metrics.prompt_tokens += self.req.prompt_tokens
+                st.metrics.prompt_tokens += self.prompt_tokens_counted
                 st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
             st.metrics.generation_tokens += sum(p.completion_tokens for p in cut)
             self._done(["abort"] * len(cut))
             self.conn.send(200, orjson.dumps(self._unary_body(cut)))
             return
-        st.metrics.prompt_tokens += self.req.prompt_tokens
+        st.metrics.prompt_tokens += self.prompt_tokens_counted
         st.metrics.generation_tokens += sum(p.completion_tokens for p in self.plans)
         st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
         self._done([p.finish_reason for p in self.plans])
@@ -235,33 +258,40 @@ class Generation:
         for i, plan in enumerate(plans):
             if self.chat:
                 choices.append({"index": i, "message": self._message(plan), "logprobs": None,
-                                "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason})
+                                "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason,
+                                "token_ids": None, "routed_experts": None})
             else:
                 text = plan.text("content") or ""
                 if self.req.echo:
                     text = (self.req.prompts[i // self.req.n].text or "") + text
                 choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": plan.finish_reason,
-                                "stop_reason": plan.stop_reason, "prompt_logprobs": None})
+                                "stop_reason": plan.stop_reason, "prompt_logprobs": None,
+                                "token_ids": None, "routed_experts": None})
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.st.cfg.model_name, "choices": choices,
-                "usage": self._usage(plans), "system_fingerprint": None}
+                "service_tier": None, "system_fingerprint": SYSTEM_FINGERPRINT,
+                "usage": self._usage(plans), **_BODY_NULLS}
 
     def _message(self, plan: ChoicePlan) -> dict[str, Any]:
-        if plan.tool_call is not None:
-            call = plan.tool_call
-            return {"role": "assistant", "content": None, "tool_calls": [
-                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]}
+        """vLLM 0.32's message: null extras, no `tool_calls` key unless there is a call."""
         cfg = self.st.cfg
         content = plan.text("content")
         msg: dict[str, Any] = {"role": "assistant"}
-        if cfg.reasoning == "field":
+        if plan.tool_call is not None:
+            msg["content"] = None
+        elif cfg.reasoning == "field":
             msg["content"] = content  # None when the budget ran out while reasoning, as vLLM
+        else:
+            msg["content"] = content or ""
+        msg.update(_MESSAGE_NULLS)
+        if plan.tool_call is not None:
+            call = plan.tool_call
+            msg["tool_calls"] = [
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]
+        if cfg.reasoning == "field":
             reasoning = plan.text("reasoning")
             for name in _reasoning_fields(cfg.reasoning_field):
                 msg[name] = reasoning
-        else:
-            msg["content"] = content or ""
-        msg["tool_calls"] = []
         return msg
 
     # ---- stream -------------------------------------------------------------------------
@@ -270,7 +300,9 @@ class Generation:
         head = orjson.dumps({"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                              "created": self.created, "model": st.cfg.model_name})[:-1] + b',"choices":['
         self._head = head
-        self._tail = b'],"usage":null}\n\n' if self.req.include_usage else b"]}\n\n"
+        # vLLM 0.32 puts no `"usage": null` on content chunks (OpenAI does).
+        self._tail = b"]}\n\n"
+        self._generated = 0  # tokens sent so far, for continuous_usage_stats
         conn.start_stream()  # headers go out at once, as vLLM's StreamingResponse does
         finished = False
         plans = self.plans
@@ -288,8 +320,9 @@ class Generation:
                 if self.engine_aborted and done < self.steps:
                     plans = [_cut(p, done) if done < p.steps else p for p in self.plans]
                     events += [self._finish_event(i, p, None) for i, p in enumerate(plans) if done < self.plans[i].steps]
-            if self.req.include_usage:
-                events.append(b"data: " + head + b'],"usage":' + orjson.dumps(self._usage(plans)) + b"}\n\n")
+            if self.req.include_usage and not self._llamacpp_completion:
+                events.append(b"data: " + head + b'],"usage":' + orjson.dumps(self._usage(plans, stream=True))
+                              + b',"system_fingerprint":"' + SYSTEM_FINGERPRINT.encode() + b'"}\n\n')
             events.append(_DONE)
             conn.write_chunk(b"".join(events))
             conn.end_stream()
@@ -320,10 +353,15 @@ class Generation:
                 if stall is not None and sent >= stall:
                     conn.write_chunk(b"".join(events))
                     await asyncio.Event().wait()  # hung engine: hold the slot until the client leaves
-                events.append(self._delta_event(i, plan, step, echo))
+                made = plan.step_tokens(step)
+                self._generated += made
+                last = step == plan.steps - 1
+                ev = self._delta_event(i, plan, step, echo, last)
+                if ev is not None:
+                    events.append(ev)
                 sent += 1
-                st.metrics.generation_tokens += plan.step_tokens(step)  # counted as sent: aborts keep them
-                if step == plan.steps - 1:
+                st.metrics.generation_tokens += made  # counted as sent: aborts keep them
+                if last and self.chat:  # completions: finish_reason rode on the last text chunk
                     events.append(self._finish_event(i, plan, None))
                 crash = faults.crash_after_tokens
                 if crash is not None and sent >= crash:
@@ -357,24 +395,44 @@ class Generation:
                 handle.cancel()
                 self._timer = None
 
-    def _event(self, choice: dict[str, Any]) -> bytes:
-        return b"data: " + self._head + orjson.dumps(choice) + self._tail
+    def _event(self, choice: dict[str, Any], fingerprint: bool = False) -> bytes:
+        tail = self._tail
+        if self.req.continuous_usage:
+            # Running totals on every chunk (the role chunk: 0 completion tokens), as vLLM.
+            p, g = self.req.prompt_tokens, self._generated
+            tail = b'],"usage":' + orjson.dumps({"prompt_tokens": p, "total_tokens": p + g,
+                                                 "completion_tokens": g}) + b"}\n\n"
+        if fingerprint:
+            tail = tail[:-3] + b',"system_fingerprint":"' + SYSTEM_FINGERPRINT.encode() + b'"}\n\n'
+        return b"data: " + self._head + orjson.dumps(choice) + tail
 
-    def _delta_event(self, i: int, plan: ChoicePlan, step: int, echo: list[str] | None) -> bytes:
+    def _delta_event(self, i: int, plan: ChoicePlan, step: int, echo: list[str] | None,
+                     last: bool = False) -> bytes | None:
         if not self.chat:
             text = plan.deltas[step][1]
             if echo is not None and step == 0:
                 text = echo[i] + text
+            if last and self._llamacpp_completion:
+                # llama-server: the text chunk, then "" + finish_reason + usage (asked for or not)
+                fin = orjson.dumps({"index": i, "text": "", "logprobs": None, "finish_reason": plan.finish_reason})
+                usage = orjson.dumps(self._usage(self.plans, stream=True))
+                return (self._event({"index": i, "text": text, "logprobs": None, "finish_reason": None})
+                        + b"data: " + self._head + fin + b'],"usage":' + usage + b"}\n\n")
+            if last:  # vLLM: finish_reason rides on the last content chunk of completions
+                return self._event({"index": i, "text": text, "logprobs": None,
+                                    "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason},
+                                   fingerprint=not self.req.include_usage)
             return self._event({"index": i, "text": text, "logprobs": None, "finish_reason": None,
                                 "stop_reason": None})
         call = plan.tool_call
         if call is not None:
-            if step == 0:
-                tc: dict[str, Any] = {"index": 0, "id": call.id, "type": "function",
-                                      "function": {"name": call.name, "arguments": ""}}
-            else:
-                tc = {"index": 0, "function": {"arguments": call.argument_pieces[step - 1]}}
-            delta: dict[str, Any] = {"tool_calls": [tc]}
+            # vLLM's hermes parser holds the call until `</tool_call>`, then sends ONE chunk:
+            # id/type/name and the whole arguments as two entries of index 0.
+            if not last:
+                return None
+            delta: dict[str, Any] = {"content": None, "tool_calls": [
+                {"id": call.id, "type": "function", "index": 0, "function": {"name": call.name}},
+                {"index": 0, "function": {"arguments": call.arguments}}]}
         else:
             kind, text, _ = plan.deltas[step]
             if kind == "reasoning":
@@ -384,11 +442,13 @@ class Generation:
         return self._event({"index": i, "delta": delta, "logprobs": None, "finish_reason": None})
 
     def _finish_event(self, i: int, plan: ChoicePlan, echo: list[str] | None) -> bytes:
+        # vLLM: the fingerprint rides on the finish chunk, or on the usage chunk if one follows.
+        fp = not self.req.include_usage
         if self.chat:
             return self._event({"index": i, "delta": {}, "logprobs": None, "finish_reason": plan.finish_reason,
-                                "stop_reason": plan.stop_reason})
+                                "stop_reason": plan.stop_reason}, fp)
         return self._event({"index": i, "text": echo[i] if echo is not None else "", "logprobs": None,
-                            "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason})
+                            "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason}, fp)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -14,7 +14,7 @@ import orjson
 
 from gateway import tokens
 from gateway.sim.config import SimConfig
-from gateway.sim.errors import ApiError, bad_request
+from gateway.sim.errors import ApiError, bad_request, validation_error
 
 _CACHE_MAX = 8192
 _prompt_cache: dict[bytes, int] = {}
@@ -45,6 +45,7 @@ class GenRequest:
     prompts: list[Prompt]
     stream: bool = False
     include_usage: bool = False
+    continuous_usage: bool = False  # stream_options.continuous_usage_stats: usage on every chunk
     n: int = 1
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
@@ -69,7 +70,7 @@ def load_json(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise bad_request(f"JSON decode error: {exc}") from None
+        raise validation_error(str(exc.pos), "json_invalid", "JSON decode error", "<dict of 0 items>") from None
     if not isinstance(data, dict):
         raise bad_request("Request body must be a JSON object")
     return data
@@ -80,13 +81,14 @@ def check_model(body: dict[str, Any], cfg: SimConfig) -> str:
     if model is None:
         raise bad_request("Field required: model", "model")
     if not isinstance(model, str):
-        raise bad_request("Input should be a valid string: model", "model")
+        raise validation_error("model", "string_type", "Input should be a valid string", model)
     return model
 
 
 def ensure_served(model: str, cfg: SimConfig) -> None:
     if model not in cfg.served_model_names:
-        raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        raise ApiError(404, f"The model `{model}` does not exist. Valid aliases: {', '.join(cfg.served_model_names)}.",
+                       "NotFoundError", "model")
 
 
 def _opt_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
@@ -94,7 +96,7 @@ def _opt_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
-        raise bad_request(f"Input should be a valid integer: {name}", name)
+        raise validation_error(name, "int_parsing", "Input should be a valid integer", v)
     if v < minimum:
         raise bad_request(f"{name} must be at least {minimum}, got {v}.", name)
     return v
@@ -105,14 +107,14 @@ def _opt_bool(body: dict[str, Any], name: str) -> bool:
     if v is None:
         return False
     if not isinstance(v, bool):
-        raise bad_request(f"Input should be a valid boolean: {name}", name)
+        raise validation_error(name, "bool_parsing", "Input should be a valid boolean", v)
     return v
 
 
 def _opt_number(body: dict[str, Any], name: str) -> None:
     v = body.get(name)
     if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-        raise bad_request(f"Input should be a valid number: {name}", name)
+        raise validation_error(name, "float_parsing", "Input should be a valid number", v)
 
 
 def _common(body: dict[str, Any], cfg: SimConfig, req: GenRequest, max_name: str) -> None:
@@ -120,10 +122,12 @@ def _common(body: dict[str, Any], cfg: SimConfig, req: GenRequest, max_name: str
     opts = body.get("stream_options")
     if opts is not None:
         if not isinstance(opts, dict):
-            raise bad_request("Input should be a valid dictionary: stream_options", "stream_options")
+            raise validation_error("stream_options", "dict_type", "Input should be a valid dictionary", opts)
         if not req.stream:
             raise bad_request("Stream options can only be defined when `stream=True`.", "stream_options")
         req.include_usage = _opt_bool(opts, "include_usage")
+        # vLLM sends running usage only together with the usage chunk (include_usage).
+        req.continuous_usage = req.include_usage and _opt_bool(opts, "continuous_usage_stats")
     req.n = _opt_int(body, "n", 1) or 1
     if req.n > 1024:
         raise bad_request("n must be at most 1024.", "n")

@@ -115,6 +115,11 @@ class ChoicePlan:
             return 1 + len(self.tool_call.argument_pieces)
         return len(self.deltas)
 
+    @property
+    def reasoning_tokens(self) -> int:
+        """What vLLM reports as `completion_tokens_details.reasoning_tokens`."""
+        return sum(n for k, _, n in self.deltas if k == "reasoning")
+
     def step_tokens(self, step: int) -> int:
         if self.tool_call is not None:
             return tokens.count_text(self.tool_call.name) if step == 0 else 1

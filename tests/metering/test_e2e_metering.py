@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from gateway import cli
+from gateway import cli, tokens
 from gateway.sim.testing import SimProcess
 from tests.gw import ADMIN_KEY, CLIENT_KEY, GatewayServer, auth_yaml, sha, wait_until
 from tests.metering.procs import GatewayProcess
@@ -121,6 +121,9 @@ pools:
         rows = _usage(gw.url)
         t = _totals(rows)
         prompt, generated = _engine_totals(s1, s2, stall, emb)
+        # vLLM's vllm:prompt_tokens_total counts the prompt once per sequence (the n=2 request
+        # twice); usage.prompt_tokens, what clients are billed, counts it once.
+        prompt -= tokens.count_chat_prompt(msgs)
         assert (t["prompt_tokens"], t["completion_tokens"]) == (prompt, generated)
         assert t["total_tokens"] == prompt + generated
         by_pool = {r["pool"]: r for r in rows}

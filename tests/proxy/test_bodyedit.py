@@ -32,10 +32,12 @@ _names = st.text(min_size=1, max_size=20)
     "raw",
     [b'{"model":"m","stream":true}', b'  {"model":"m"}', b"{}", b'{"stream_options":{"include_usage":false},"model":"m"}'],
 )
-def test_include_usage_injection_keeps_the_rest(raw: bytes) -> None:
+@pytest.mark.parametrize("continuous", [False, True])
+def test_include_usage_injection_keeps_the_rest(raw: bytes, continuous: bool) -> None:
     body = orjson.loads(raw)
-    out = orjson.loads(with_include_usage(raw, body))
+    out = orjson.loads(with_include_usage(raw, body, continuous))
     assert out["stream_options"]["include_usage"] is True
+    assert out["stream_options"].get("continuous_usage_stats", False) is continuous
     assert {k: v for k, v in out.items() if k != "stream_options"} == {k: v for k, v in body.items() if k != "stream_options"}
 
 

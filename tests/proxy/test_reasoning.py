@@ -470,3 +470,20 @@ def test_tool_call_events_are_byte_identical(mode: str) -> None:
     for ev in TOOL_STREAM:
         assert rewrite_chat_event(ev, s, mode) is ev
         ChatCompletionChunk.model_validate(orjson.loads(ev[6:]))
+
+
+@pytest.mark.parametrize("mode", ["passthrough", "none"])
+def test_leaked_open_tag_is_dropped_from_engine_reasoning(mode: str) -> None:
+    # vLLM 0.32 under load: `<think>` and the next token in one step leave the tag in the delta.
+    ev = b'data: {"id":"c","choices":[{"index":0,"delta":{"reasoning":"<think>\\nLet me"},"finish_reason":null}]}\n\n'
+    out = rewrite_chat_event(ev, None, mode)
+    assert out is not None and out.endswith(b"\n\n")
+    delta = orjson.loads(out[6:])["choices"][0]["delta"]
+    assert delta == {"reasoning": "\nLet me", "reasoning_content": "\nLet me"}
+    # a tag alone leaves empty reasoning; a tag later in the text is left alone
+    alone = rewrite_chat_event(ev.replace(b"<think>\\nLet me", b"<think>"), None, mode)
+    assert alone is not None and orjson.loads(alone[6:])["choices"][0]["delta"]["reasoning"] == ""
+    later = ev.replace(b"<think>\\nLet me", b"x <think>")
+    assert orjson.loads(rewrite_chat_event(later, None, mode)[6:])["choices"][0]["delta"]["reasoning"] == "x <think>"  # type: ignore[index]
+    content = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"<think>hi"},"finish_reason":null}]}\n\n'
+    assert rewrite_chat_event(content, None, mode) is content  # content is never touched here

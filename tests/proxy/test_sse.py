@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.proxy.sse import EventFramer, body_usage, event_usage, is_usage_only
+import orjson
+
+from gateway.proxy.sse import EventFramer, body_usage, event_usage, is_usage_only, without_usage
 
 
 def test_framer_handles_any_split() -> None:
@@ -26,3 +28,21 @@ def test_usage_detection_only_parses_usage_events() -> None:
 def test_event_usage_spaced_and_null() -> None:
     assert event_usage(b'data: {"choices": [], "usage": {"prompt_tokens": 2}}\n\n') == {"prompt_tokens": 2}
     assert event_usage(b'data: {"choices": [{"delta": {}}], "usage": null}\n\n') is None
+
+
+def test_without_usage_keeps_the_rest_of_a_content_chunk() -> None:
+    # llama.cpp's last /v1/completions chunk: text, finish_reason, usage and timings together.
+    ev = (
+        b'data: {"choices":[{"text":"","index":0,"finish_reason":"length"}],"model":"tiny",'
+        b'"usage":{"completion_tokens":5,"prompt_tokens":2,"prompt_tokens_details":{"cached_tokens":1}},'
+        b'"timings":{"predicted_n":5}}\n\n'
+    )
+    out = without_usage(ev)
+    assert out.endswith(b"\n\n")
+    obj = orjson.loads(out[6:])
+    assert "usage" not in obj
+    assert obj == {k: v for k, v in orjson.loads(ev[6:]).items() if k != "usage"}
+    # usage as the first member, and vLLM's continuous stats at the end of a chunk
+    assert orjson.loads(without_usage(b'data: {"usage": {"a": 1}, "choices": []}\n\n')[6:]) == {"choices": []}
+    last = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
+    assert orjson.loads(without_usage(last)[6:]) == {"choices": [{"delta": {"content": "x"}}]}

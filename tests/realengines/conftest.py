@@ -78,6 +78,8 @@ def pools(engines: RealEngines) -> dict[str, object]:
             aliases=[ALIAS[LLAMA_CHAT]],
             reasoning="passthrough",
             replicas=LLAMA_REPLICAS,
+            # The GGUF has no tokenizer.json beside it; estimates use the HF directory's.
+            tokenizer=engines.model_hf + "/tokenizer.json",
         ),
         LLAMA_EMBED: llamacpp_pool(engines, ["--embeddings", "--pooling", "mean"], kind="embedding"),
     }

@@ -117,11 +117,8 @@ def test_completion_exact_length(client: OpenAI, engines: RealEngines, pool: str
     "pool",
     [
         VLLM_CHAT,
-        pytest.param(LLAMA_CHAT, marks=pytest.mark.xfail(
-            strict=True,
-            reason="llama.cpp reports the usage of ONE choice when n > 1 (3 tokens for 2 x 3); the "
-            "gateway passes it on and meters it, so the ledger under-counts what the engine generated",
-        )),
+        # llama.cpp reports ONE choice's usage when n > 1; the gateway corrects it (proxy.n_usage).
+        LLAMA_CHAT,
     ],
 )
 def test_completion_n2_usage_counts_both_choices(client: OpenAI, engines: RealEngines, pool: str) -> None:
@@ -139,14 +136,8 @@ def completion_stream(client: OpenAI, pool: str, include_usage: bool) -> list[An
     "pool",
     [
         VLLM_CHAT,
-        pytest.param(
-            LLAMA_CHAT,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="gateway bug: llama.cpp puts usage on its last content chunk of /v1/completions; "
-                "the gateway strips only a separate choices-less usage chunk, so injected usage leaks",
-            ),
-        ),
+        # llama.cpp puts usage on its last /v1/completions content chunk; the gateway strips it.
+        LLAMA_CHAT,
     ],
 )
 def test_completion_stream_usage_stripped(client: OpenAI, engines: RealEngines, pool: str) -> None:

@@ -132,7 +132,7 @@ def test_handler_errors_are_anthropic_shaped(sim: SimProcess, body: dict[str, An
     assert got == status and r["type"] == "error" and set(r["error"]) == {"type", "message"}
     assert r["error"]["type"] == etype
     if status == 404:
-        assert r["error"]["message"] == "The model `nope` does not exist."
+        assert r["error"]["message"].startswith("The model `nope` does not exist. Valid aliases: ")
     got, c = _post(sim, "/v1/messages/count_tokens", {k: v for k, v in body.items() if k != "max_tokens"})
     if status == 404:
         assert got == 404 and c["type"] == "error" and c["error"]["type"] == "NotFoundError"

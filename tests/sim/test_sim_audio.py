@@ -142,7 +142,7 @@ def test_errors(sim: SimProcess) -> None:
     assert r1.status_code == 400 and r1.json()["error"]["param"] == "stream_include_usage"
     r2 = httpx.post(f"{sim.base_url}/audio/transcriptions", files={"file": ("a.wav", wav(1))},
                     data={"model": "nope"}, timeout=10)
-    assert r2.status_code == 404 and r2.json()["error"]["message"] == "The model `nope` does not exist."
+    assert r2.status_code == 404 and r2.json()["error"]["message"].startswith("The model `nope` does not exist. Valid aliases: ")
     big = b"\0" * (25 * 1024 * 1024 + 1)
     r3 = _transcribe(sim, big)
     assert r3.status_code == 400 and r3.json()["error"]["message"] == "Maximum file size exceeded"

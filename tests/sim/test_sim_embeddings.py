@@ -76,6 +76,7 @@ def test_wrong_task_and_model(embed_sim: SimProcess) -> None:
     for path in ("/v1/chat/completions", "/v1/completions"):
         status, raw = embed_sim.request("POST", path, {"model": "emb", "prompt": "x",
                                                        "messages": [{"role": "user", "content": "x"}]})
-        assert status == 501 and "does not support" in json.loads(raw)["error"]["message"]
+        # vLLM 0.32 does not mount the generation routes for an embedding model
+        assert (status, json.loads(raw)) == (404, {"detail": "Not Found"})
     m = embed_sim.metrics()
     assert m["vllm:prompt_tokens_total"] > 0 and m["vllm:generation_tokens_total"] == 0

@@ -187,7 +187,7 @@ def test_errors(sim: SimProcess, body: dict[str, Any], status: int, param: str) 
     assert set(r["error"]) == {"message", "type", "param", "code"} and r["error"]["code"] == status
     assert r["error"]["param"] == param
     if status == 404:
-        assert r["error"]["message"] == "The model `nope` does not exist."
+        assert r["error"]["message"].startswith("The model `nope` does not exist. Valid aliases: ")
 
 
 def test_malformed_json_and_model_default(sim: SimProcess) -> None:
