@@ -18,6 +18,8 @@ EngineName = Literal["vllm", "sglang", "lmdeploy", "llamacpp", "sim", "command"]
 PoolKind = Literal["chat", "embedding", "rerank", "transcription"]
 Reasoning = Literal["none", "passthrough", "deepseek_r1", "think_tags"]
 BalancerName = Literal["cache_aware", "least_outstanding", "round_robin", "random", "speed_aware"]
+StartMode = Literal["always", "on_demand"]
+SwapPolicy = Literal["residency", "fcfs"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 
@@ -130,6 +132,36 @@ class SpawnConfig(_Model):
     startup_timeout: float = Field(900.0, gt=0)
     health: HealthConfig = Field(default_factory=HealthConfig)
     api_key: str | None = None  # the engine's own key; defaults to the pool's api_key
+    # `always`: started at boot. `on_demand`: started (or woken) by the first request that
+    # needs it; the request waits in the pool's queue meanwhile.
+    start: StartMode = "always"
+    # Seconds without requests after which the engine sleeps (if `sleep`) or stops; None: never.
+    idle_timeout: float | None = Field(None, gt=0)
+    # vLLM sleep mode for idle and swap: 0/false = stop instead; 1/true = level 1 (weights to
+    # CPU RAM, wakes in seconds); 2 = level 2 (weights dropped, reloaded from disk on wake).
+    sleep: int = Field(0, ge=0, le=2)
+    # How long a wake may take before the gateway restarts the engine instead.
+    wake_timeout: float = Field(120.0, gt=0)
+    # Explicit device ids instead of the next free ones. On-demand engines that list the same
+    # devices take turns on them (engines.swap); sets gpus_per_replica.
+    devices: list[str] | None = None
+
+    @field_validator("sleep", mode="before")
+    @classmethod
+    def _sleep_level(cls, v: Any) -> Any:
+        return int(v) if isinstance(v, bool) else v
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _device_strings(cls, v: Any) -> Any:
+        return [str(x) for x in v] if isinstance(v, list) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _devices_set_count(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("devices") and not data.get("gpus_per_replica"):
+            data = {**data, "gpus_per_replica": len(data["devices"])}
+        return data
 
     @field_validator("args", mode="before")
     @classmethod
@@ -150,7 +182,20 @@ class SpawnConfig(_Model):
     def _command_needs_argv(self) -> SpawnConfig:
         if self.engine == "command" and not self.command:
             raise ValueError("engine 'command' needs a `command:` argv list")
+        if self.devices is not None:
+            if len(set(self.devices)) != len(self.devices) or not self.devices:
+                raise ValueError("devices: list each device once")
+            if self.gpus_per_replica != len(self.devices):
+                raise ValueError("devices: gives the device count; gpus_per_replica must match or be left out")
+            if self.replicas != 1:
+                raise ValueError("devices: pins one engine to these devices, so replicas must be 1")
+        if self.sleep and self.engine not in ("vllm", "sim"):
+            raise ValueError(f"sleep: sleep mode is vLLM's (engines vllm, sim), not {self.engine}'s")
         return self
+
+    @property
+    def on_demand(self) -> bool:
+        return self.start == "on_demand"
 
 
 def _json_arg(v: Any) -> str:
@@ -247,6 +292,23 @@ class PoolConfig(_Model):
         return self
 
 
+class SwapConfig(_Model):
+    """How on-demand engines that share devices take turns (engines/residency.py)."""
+
+    # residency: the resident engine first serves what is queued for it and stays at least
+    # `min_residency` seconds; fcfs: swap as soon as another pool's request arrives (baseline).
+    policy: SwapPolicy = "residency"
+    # A wake costs seconds and a cold start minutes: 30 s of service per turn keeps the
+    # swap overhead a small share of the time even with two pools always asking.
+    min_residency: float = Field(30.0, ge=0)
+    # The resident leaves only after a pause this long in its traffic (nothing queued or in
+    # flight): its users are between conversations, not waiting for the next turn.
+    idle_grace: float = Field(2.0, ge=0)
+    # A waiting pool swaps in after this long even if the resident is still busy
+    # (otherwise a busy resident would starve it).
+    max_defer: float = Field(60.0, ge=0)
+
+
 class EnginesConfig(_Model):
     """Process supervision settings shared by all spawned engines."""
 
@@ -263,6 +325,7 @@ class EnginesConfig(_Model):
     restart_stable_seconds: float = Field(60.0, gt=0)
     # Probing of external `endpoints:`; path None means GET {endpoint}/models.
     endpoint_health: HealthConfig = Field(default_factory=HealthConfig)
+    swap: SwapConfig = Field(default_factory=SwapConfig)
 
     @field_validator("gpus", mode="before")
     @classmethod
@@ -318,7 +381,11 @@ class GatewayConfig(_Model):
                 if n in seen and seen[n] != name:
                     problems.append(f"pools.{name}.aliases: {n!r} is already used by pool {seen[n]!r}")
                 seen.setdefault(n, name)
-        wanted = sum(s.replicas * s.gpus_per_replica for p in self.pools.values() for s in p.spawn)
+        problems += _device_sharing_problems(self)
+        pinned = {d for p in self.pools.values() for s in p.spawn for d in (s.devices or [])}
+        wanted = len(pinned) + sum(
+            s.replicas * s.gpus_per_replica for p in self.pools.values() for s in p.spawn if s.devices is None
+        )
         if wanted > len(self.engines.gpus):
             detail = ", ".join(
                 f"{n}: {s.replicas}x{s.gpus_per_replica}"
@@ -344,6 +411,31 @@ class GatewayConfig(_Model):
         if self.redis:
             return self.redis
         return self.store if self.store.startswith(("redis://", "rediss://")) else None
+
+
+def _device_sharing_problems(cfg: GatewayConfig) -> list[str]:
+    """Pinned device sets may overlap only between on-demand engines of different pools:
+    those can take turns. An always-on engine never leaves its devices, so nothing could
+    ever swap in beside it; two engines of one pool would have to swap against each other."""
+    problems: list[str] = []
+    inventory = set(cfg.engines.gpus)
+    pinned = [(n, i, s) for n, p in cfg.pools.items() for i, s in enumerate(p.spawn) if s.devices]
+    for n, i, s in pinned:
+        missing = [d for d in s.devices or [] if d not in inventory]
+        if missing:
+            problems.append(f"pools.{n}.spawn.{i}.devices: {', '.join(missing)} not in engines.gpus")
+    for a in range(len(pinned)):
+        for b in range(a + 1, len(pinned)):
+            (na, ia, sa), (nb, ib, sb) = pinned[a], pinned[b]
+            shared = set(sa.devices or []) & set(sb.devices or [])
+            if not shared:
+                continue
+            where = f"pools.{na}.spawn.{ia} and pools.{nb}.spawn.{ib} share devices {', '.join(sorted(shared))}"
+            if na == nb:
+                problems.append(f"{where}: engines of one pool cannot take turns")
+            elif not (sa.on_demand and sb.on_demand):
+                problems.append(f"{where}: only engines with `start: on_demand` can share devices")
+    return problems
 
 
 # --- loading ---------------------------------------------------------------------------------

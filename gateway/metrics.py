@@ -21,6 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .routing.backend import BackendState
+
 if TYPE_CHECKING:
     from .context import RequestContext
     from .state import GatewayState
@@ -30,6 +32,8 @@ HIDDEN = "_"  # key label value when `metrics.key_label` is false
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Engine loads: a wake takes a second or two, a cold start seconds to minutes.
+_LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 900)
 # The gateway's own share of a request should be around a millisecond.
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
@@ -58,6 +62,19 @@ class Metrics:
         self.limited = Counter(
             "gateway_rate_limited", "Requests refused by a key's rate limit or budget.",
             ["key", "reason"], registry=r,
+        )  # fmt: skip
+        self.engine_load = Histogram(
+            "gateway_engine_load_seconds", "Spawned engines: cold start to READY.",
+            ["pool"], buckets=_LOAD_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.engine_wake = Histogram(
+            "gateway_engine_wake_seconds", "Spawned engines: wake from sleep mode to READY.",
+            ["pool"], buckets=_LOAD_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.load_wait = Histogram(
+            "gateway_request_load_wait_seconds",
+            "Requests that found their pool's engines stopped or asleep: time until they got a backend.",
+            ["pool"], buckets=_LOAD_BUCKETS, registry=r,
         )  # fmt: skip
         # (pool, key name) -> [prompt, completion] from engine-reported usage; the meter
         # adds the tokens of records it had to estimate (see `_StateCollector`).
@@ -103,6 +120,15 @@ class Metrics:
         if child is None:
             child = self._children[k] = metric.labels(*labels)
         return child
+
+    def engine_loaded(self, pool: str, seconds: float) -> None:
+        self._child(self.engine_load, (pool,)).observe(seconds)
+
+    def engine_woken(self, pool: str, seconds: float) -> None:
+        self._child(self.engine_wake, (pool,)).observe(seconds)
+
+    def load_waited(self, pool: str, seconds: float) -> None:
+        self._child(self.load_wait, (pool,)).observe(seconds)
 
     def rate_limited(self, key_name: str, reason: str) -> None:
         self.limited.labels(self.key_label(key_name), reason).inc()
@@ -153,13 +179,25 @@ class _StateCollector(Collector):
         queue = GaugeMetricFamily(
             "gateway_pool_queue_depth", "Requests waiting for a backend.", labels=["pool"]
         )
+        states = GaugeMetricFamily(
+            "gateway_backend_state", "1 for the backend's current state (one series per state).",
+            labels=["pool", "backend", "state"],
+        )  # fmt: skip
+        swaps = CounterMetricFamily(
+            "gateway_swaps", "Times a pool's engines were swapped in onto devices another pool held.", labels=["pool"]
+        )
         for name, pool in state.pools.items():
             queue.add_metric([name], pool.queued)
             for b in pool.backends:
                 outstanding.add_metric([name, b.id], b.outstanding)
                 up.add_metric([name, b.id], 1.0 if b.state == "ready" else 0.0)
                 restarts.add_metric([name, b.id], float(b.restarts))
-        yield from (outstanding, up, restarts, queue)
+                for st in BackendState:
+                    states.add_metric([name, b.id, st.value], 1.0 if b.state is st else 0.0)
+        done = state.supervisor.swaps() if state.supervisor is not None else {}
+        for name in state.pools:
+            swaps.add_metric([name], float(done.get(name, 0)))
+        yield from (outstanding, up, restarts, queue, states, swaps)
         yield from _prefix_cache(state)
         yield from self._tokens(state)
         meter = state.meter

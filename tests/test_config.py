@@ -105,6 +105,49 @@ def test_readme_config_example_is_a_valid_config() -> None:
     assert cfg.server.upstream_client == "raw" and cfg.engines.endpoint_health.metrics_interval == 1
 
 
+def test_on_demand_settings_and_shared_devices() -> None:
+    text = """
+auth: {mode: none}
+engines: {gpus: [0, 1], swap: {policy: fcfs, min_residency: 5}}
+pools:
+  a: {engine: vllm, model: /a, start: on_demand, sleep: true, idle_timeout: 300, devices: [0]}
+  b: {engine: vllm, model: /b, start: on_demand, devices: [0]}
+  c: {engine: vllm, model: /c, gpus_per_replica: 1}
+"""
+    cfg = config.loads(text, {})
+    a = cfg.pools["a"].spawn[0]
+    assert (a.start, a.sleep, a.idle_timeout, a.devices, a.gpus_per_replica) == ("on_demand", 1, 300, ["0"], 1)
+    assert cfg.engines.swap.policy == "fcfs" and cfg.engines.swap.min_residency == 5
+    assert cfg.pools["c"].spawn[0].start == "always"  # the default: started at boot
+
+
+def test_shared_devices_need_on_demand_engines_of_different_pools() -> None:
+    base = "auth: {mode: none}\nengines: {gpus: [0, 1]}\npools:\n"
+    msg = err(base + "  a: {engine: vllm, model: /a, devices: [0]}\n  b: {engine: vllm, model: /b, start: on_demand, devices: [0]}\n")
+    assert "pools.a.spawn.0 and pools.b.spawn.0 share devices 0: only engines with `start: on_demand` can share devices" in msg
+    msg = err(base + "  a: {spawn: [{engine: vllm, model: /a, start: on_demand, devices: [0]},"
+              " {engine: vllm, model: /a2, start: on_demand, devices: [0, 1]}]}\n")
+    assert "engines of one pool cannot take turns" in msg
+    assert "pools.a.devices: 7 not in engines.gpus" in err(
+        base + "  a: {engine: vllm, model: /a, start: on_demand, devices: [7]}\n"
+    )
+    # Pinned devices are never handed to unpinned replicas: 1 pinned + 2 asked > 2.
+    msg = err(base + "  a: {engine: vllm, model: /a, start: on_demand, devices: [0]}\n"
+              "  c: {engine: vllm, model: /c, gpus_per_replica: 2}\n")
+    assert "engines.gpus: pools ask for 3 devices" in msg
+
+
+def test_bad_on_demand_settings_name_their_place() -> None:
+    p = "auth: {mode: none}\nengines: {gpus: [0, 1]}\npools:\n  a: "
+    assert "pools.a.start: Input should be 'always' or 'on_demand'" in err(p + "{engine: vllm, model: /a, start: lazy}\n")
+    assert "pools.a.idle_timeout: must be > 0" in err(p + "{engine: vllm, model: /a, idle_timeout: 0}\n")
+    assert "sleep mode is vLLM's (engines vllm, sim), not llamacpp's" in err(p + "{engine: llamacpp, model: /a, sleep: 1}\n")
+    assert "pools.a.sleep: Input should be less than or equal to 2" in err(p + "{engine: vllm, model: /a, sleep: 3}\n")
+    assert "replicas must be 1" in err(p + "{engine: vllm, model: /a, devices: [0], replicas: 2}\n")
+    assert "gpus_per_replica must match" in err(p + "{engine: vllm, model: /a, devices: [0], gpus_per_replica: 2}\n")
+    assert "engines.swap.policy" in err("auth: {mode: none}\nengines: {swap: {policy: lifo}}\n")
+
+
 def test_pool_kinds_are_validated() -> None:
     for kind in ("chat", "embedding", "rerank", "transcription"):
         cfg = config.loads(BASE + f"pools:\n  p: {{kind: {kind}, endpoints: [http://127.0.0.1:9/v1]}}\n", {})

@@ -30,6 +30,8 @@ FIXED = {
     "gateway_backend_engine_prefix_cache_queries_total", "gateway_backend_engine_prefix_cache_hits_total",
     "gateway_backend_predicted_prompt_bytes_total", "gateway_backend_predicted_cached_bytes_total", "gateway_backend_routed_total",
     "gateway_backend_locality_skipped_overloaded_total",
+    "gateway_backend_state", "gateway_swaps_total",
+    "gateway_engine_load_seconds", "gateway_engine_wake_seconds", "gateway_request_load_wait_seconds",
 }  # fmt: skip
 
 
@@ -62,6 +64,11 @@ def test_fixed_names_and_request_series() -> None:
     s = samples(m)
     declared = {line.split()[2] for line in m.render()[0].decode().splitlines() if line.startswith("# TYPE ")}
     assert declared == FIXED
+    # One-hot state per backend: exactly one state is 1 (endpoints start READY).
+    b = "chat@http://127.0.0.1:9/v1"
+    one_hot = {k[1][2][1]: v for k, v in s.items() if k[0] == "gateway_backend_state" and k[1][0][1] == b}
+    assert one_hot["ready"] == 1 and sum(one_hot.values()) == 1 and "sleeping" in one_hot and "waking" in one_hot
+    assert s[("gateway_swaps_total", (("pool", "chat"),))] == 0
     assert s[("gateway_requests_total", (("endpoint", "chat"), ("key", "alice"), ("pool", "chat"), ("status", "200")))] == 1
     assert s[("gateway_requests_total", (("endpoint", "chat"), ("key", "_none"), ("pool", "_none"), ("status", "401")))] == 1
     assert s[("gateway_prompt_tokens_total", (("key", "alice"), ("pool", "chat")))] == 10

@@ -11,6 +11,7 @@ COLUMNS = [
     "pool",
     "id",
     "engine",
+    "start",
     "state",
     "pid",
     "port",
@@ -18,6 +19,7 @@ COLUMNS = [
     "outstanding",
     "restarts",
     "uptime",
+    "load",
     "last_error",
 ]
 
@@ -57,12 +59,24 @@ def _status(args: argparse.Namespace) -> int:
             "pid": r.get("pid") or "",
             "port": r.get("port") or "",
             "uptime": "" if r.get("uptime") is None else f"{r['uptime']:.0f}s",
+            "start": r.get("start") or "",
+            "load": _load(r),
         }
         for r in data["data"]
     ]
     print_table(rows, COLUMNS)
     print(f"\n{data['ready']}/{data['total']} ready")
     return 0
+
+
+def _load(row: dict[str, Any]) -> str:
+    """Last cold start and wake, for engines the gateway starts on demand or puts to sleep."""
+    parts = []
+    if row.get("last_load_seconds") is not None:
+        parts.append(f"start {row['last_load_seconds']:.1f}s")
+    if row.get("last_wake_seconds") is not None:
+        parts.append(f"wake {row['last_wake_seconds']:.1f}s")
+    return ", ".join(parts)
 
 
 def _reload(args: argparse.Namespace) -> int:

@@ -1,5 +1,8 @@
 """Device sets for replicas: disjoint slices of `engines.gpus`, refused when exhausted.
 
+Devices pinned by a spec's `devices:` are left out: on-demand engines share those and take
+turns on them (engines/residency.py).
+
 Device ids are strings as the inventory lists them ("0", "1", or "GPU-uuid"), handed out
 in inventory order so a config's assignment is predictable (replica 0 of the first pool
 gets the first devices).
@@ -18,10 +21,15 @@ class GpuInventory:
             raise ValueError(f"duplicate device ids in inventory: {devices}")
         self.devices = list(devices)
         self._owner: dict[str, str] = {}  # device -> backend id
+        # Devices named in specs' `devices:`: shared by on-demand engines, never allocated.
+        self.pinned: frozenset[str] = frozenset()
+
+    def pin(self, devices: frozenset[str]) -> None:
+        self.pinned = devices
 
     @property
     def free(self) -> list[str]:
-        return [d for d in self.devices if d not in self._owner]
+        return [d for d in self.devices if d not in self._owner and d not in self.pinned]
 
     def allocate(self, count: int, owner: str) -> tuple[str, ...]:
         """`count` free devices for `owner` (empty for count 0). Raises GpusExhausted."""

@@ -4,13 +4,20 @@ States are `BackendState`, the same field the router reads, so "routable" is exa
 "this process is READY". Every change goes through `transition`, which checks the table
 below, logs one line, records the change and tells the supervisor:
 
-    STARTING   -> READY | FAILED | STOPPED          (spawned, waiting for health + /v1/models)
+    STOPPED    -> STARTING                      (on demand: a request needs it; never started or parked)
+    STARTING   -> READY | FAILED | STOPPED      (spawned, waiting for health + /v1/models)
     READY      -> UNHEALTHY | RESTARTING | DRAINING | STOPPED
     UNHEALTHY  -> READY | RESTARTING | DRAINING | STOPPED
-    RESTARTING -> STARTING | STOPPED                (exited while serving; backoff pending)
-    FAILED     -> STARTING | STOPPED                (a start attempt failed; backoff pending)
-    DRAINING   -> STOPPED                           (removed by a reload; finishing requests)
-    STOPPED    -> (terminal)
+    RESTARTING -> STARTING | STOPPED            (exited while serving, or a wake failed; backoff pending)
+    FAILED     -> STARTING | STOPPED            (a start attempt failed; backoff pending)
+    DRAINING   -> STOPPED | SLEEPING            (removed by a reload, idle, or swapped out; finishing requests)
+    SLEEPING   -> WAKING | STOPPED              (vLLM sleep mode: process up, device memory released)
+    WAKING     -> READY | RESTARTING | STOPPED  (a failed wake restarts the process)
+
+STOPPED is final for an engine the supervisor stopped (`ended`); an engine parked by the
+residency coordinator (idle, swapped out, or on-demand and never started) waits in STOPPED
+or SLEEPING for `activate`. `park` and `activate` change state at once (so the router and
+the coordinator see it in the same instant) and hand the slow part to the engine's loop.
 
 The process runs in its own session (so stop signals reach the engine's workers too) with
 PR_SET_PDEATHSIG=SIGKILL, so a gateway killed with -9 does not leave an engine holding
@@ -35,7 +42,7 @@ import aiohttp
 
 from ..config import EnginesConfig, PoolConfig, SpawnConfig
 from ..routing.backend import Backend, BackendState
-from . import health, launchers
+from . import health, launchers, sleepmode
 from .discovery import discover
 from .launchers import Launch, LaunchError
 from .logs import EngineLog
@@ -51,14 +58,27 @@ ALLOWED: dict[BackendState, frozenset[BackendState]] = {
     S.UNHEALTHY: frozenset({S.READY, S.RESTARTING, S.DRAINING, S.STOPPED}),
     S.RESTARTING: frozenset({S.STARTING, S.STOPPED}),
     S.FAILED: frozenset({S.STARTING, S.STOPPED}),
-    S.DRAINING: frozenset({S.STOPPED}),
-    S.STOPPED: frozenset(),
+    S.DRAINING: frozenset({S.STOPPED, S.SLEEPING}),
+    S.SLEEPING: frozenset({S.WAKING, S.STOPPED}),
+    S.WAKING: frozenset({S.READY, S.RESTARTING, S.STOPPED}),
+    S.STOPPED: frozenset({S.STARTING}),
 }
+PARKED = (S.STOPPED, S.SLEEPING)
 TAIL_IN_ERRORS = 20
+# In a failed start's output: the engine does not support sleep mode (vLLM's ModelConfig).
+SLEEP_REFUSED = "sleep mode is not supported"
 
 
 class InvalidTransition(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Park:
+    """Leave the device: drain, then sleep (when the engine can) or stop."""
+
+    reason: str
+    drain_seconds: float
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,7 @@ class EngineProcess:
         self.created = time.monotonic()
         self.started_at: float | None = None  # monotonic, current process
         self.ready_since: float | None = None
+        self._wake_began: float | None = None
         self.retiring = False  # replaced by a reload; drained once its successor is READY
         self.key = ""  # identity of its launch-shaping spec (diff.spec_key), set by the supervisor
         self.launch: Launch | None = None
@@ -109,7 +130,14 @@ class EngineProcess:
         self._spawning: asyncio.Future[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._restart_now: asyncio.Future[str] | None = None
+        self._interrupt: asyncio.Future[str | Park] | None = None
+        self._activated = asyncio.Event()
+        self.ended = False  # stopped by the supervisor: never starts again
+        self.sleep_level = spec.sleep  # 0 once the engine refused to sleep: stop instead
+        self.parked_at: float | None = None  # monotonic, when it last left the device
+        # Timings of the last cold load and wake (seconds), read by the supervisor's metrics.
+        self.last_load: float | None = None
+        self.last_wake: float | None = None
         self._unhealthy_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -149,7 +177,15 @@ class EngineProcess:
             self.attempted = True
         elif new not in (S.UNHEALTHY, S.DRAINING):  # uptime counts from the last READY
             self.ready_since = None
-        took = f" after {now - self.started_at:.1f}s" if new is S.READY and self.started_at else ""
+        if new in PARKED:
+            self.parked_at = now
+        took = ""
+        if new is S.READY and old is S.STARTING and self.started_at:
+            self.last_load = now - self.started_at
+            took = f" after {self.last_load:.1f}s"
+        elif new is S.READY and old is S.WAKING and self._wake_began is not None:
+            self.last_wake = now - self._wake_began
+            took = f" after {self.last_wake:.2f}s"
         first_line = reason.splitlines()[0] if reason else ""
         detail = f" ({first_line})" if first_line else ""
         level = logging.WARNING if new in (S.FAILED, S.RESTARTING, S.UNHEALTHY) else logging.INFO
@@ -174,6 +210,9 @@ class EngineProcess:
     async def _loop(self) -> None:
         failures = 0  # consecutive, for backoff; reset by a stable run
         while True:
+            if self.state is S.STOPPED:  # on demand: parked until a request needs it
+                await self._activated.wait()
+            self._activated.clear()
             if self.state is not S.STARTING:
                 self.backend.restarts += 1
                 self.transition(S.STARTING, f"restart #{self.restarts}")
@@ -184,14 +223,24 @@ class EngineProcess:
                 self.transition(S.FAILED, str(e))
                 return
             if problem is not None:
-                failures += 1
                 self.backend.last_error = problem
                 self.transition(S.FAILED, problem)
                 await self._kill_group()
+                if self.sleep_level and SLEEP_REFUSED in "\n".join(self.log.tail(200)).lower():
+                    # vLLM's CPU build refuses --enable-sleep-mode at start ("Sleep mode is
+                    # not supported on current platform"): run without it, stop when idle.
+                    log.warning("%s: the engine refused sleep mode; starting it without", self.id)
+                    await self.log.note("the engine refused sleep mode: starting without it, stopping when idle")
+                    self.sleep_level = 0
+                    continue
+                failures += 1
                 await asyncio.sleep(self._backoff(failures))
                 continue
             self.transition(S.READY, f"pid {self.pid}, {self.backend.url}")
-            reason = await self._watch()
+            reason = await self._serve()
+            if reason is None:  # parked in STOPPED: wait for the next activation
+                failures = 0
+                continue
             if self.state is S.DRAINING:
                 # Removed by a reload and it died while draining: nothing to bring back.
                 self.transition(S.STOPPED, reason)
@@ -200,26 +249,120 @@ class EngineProcess:
             stable = self.ready_since is not None and time.monotonic() - self.ready_since >= (
                 self.engines.restart_stable_seconds
             )
-            failures = 1 if stable else failures + 1
+            failures = 1 if stable or self.state is S.WAKING else failures + 1
             self.backend.last_error = reason
             self.transition(S.RESTARTING, reason)
             await self._terminate()
             await asyncio.sleep(self._backoff(failures))
+
+    async def _serve(self) -> str | None:
+        """Watch a READY engine through its sleeps and wakes.
+
+        Returns why it must restart, or None once it is parked in STOPPED.
+        """
+        while True:
+            outcome = await self._watch()
+            if isinstance(outcome, str):
+                return outcome
+            await self._drain_requests(outcome)
+            if self.sleep_level:
+                problem = await self._sleep()
+                if problem is None:
+                    self.transition(S.SLEEPING, outcome.reason)
+                    woke = await self._asleep()
+                    if woke is None:
+                        continue  # READY again: watch it
+                    if self.state is S.STOPPED:
+                        return None
+                    return woke  # the wake failed: restart
+                # An engine that refuses to sleep (no dev mode, flag ignored) is stopped from now on.
+                log.warning("%s: cannot sleep, stopping instead: %s", self.id, problem)
+                await self.log.note(f"cannot sleep ({problem}): stopping instead from now on")
+                self.sleep_level = 0
+            await self._terminate()
+            self.transition(S.STOPPED, outcome.reason)
+            return None
+
+    async def _drain_requests(self, park: Park) -> None:
+        """In-flight requests finish before the engine leaves its devices (bounded)."""
+        deadline = time.monotonic() + park.drain_seconds
+        # Pool.release has no per-backend event; a 20 ms poll is cheap and bounded.
+        while self.backend.outstanding > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        if self.backend.outstanding:
+            await self.log.note(f"{self.backend.outstanding} request(s) still running after the drain timeout")
+
+    async def _sleep(self) -> str | None:
+        root = f"http://127.0.0.1:{self.port}"
+        headers = health.auth_headers(self.launch.api_key if self.launch else None)
+        await self.log.note(f"sleep level {self.sleep_level}")
+        return await sleepmode.sleep(self._session(), root, self.sleep_level, headers, self.spec.wake_timeout)
+
+    async def _asleep(self) -> str | None:
+        """Wait asleep for `activate` (or the process's exit). None: awake and READY again;
+        else why the wake failed (state WAKING) or the process ended (state STOPPED)."""
+        assert self.proc is not None
+        exited = asyncio.ensure_future(self.proc.wait())
+        wanted = asyncio.ensure_future(self._activated.wait())
+        try:
+            await asyncio.wait({exited, wanted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            wanted.cancel()
+        if self.proc.returncode is not None:
+            await self._drain_output()
+            why = self._with_tail(describe_exit(self.proc.returncode) + " while asleep")
+            self.backend.last_error = why
+            if self.state is S.WAKING:
+                return why
+            self.transition(S.STOPPED, why)
+            return why
+        self._activated.clear()
+        root = f"http://127.0.0.1:{self.port}"
+        headers = health.auth_headers(self.launch.api_key if self.launch else None)
+        await self.log.note("wake up")
+        problem = await sleepmode.wake(self._session(), root, headers, self.spec.wake_timeout)
+        if problem is not None:
+            self.backend.last_error = f"wake failed, restarting: {problem}"
+            return self.backend.last_error
+        self.transition(S.READY, "awake")
+        return None
+
+    # --- on demand (called by the residency coordinator) ---
+
+    def activate(self, reason: str) -> bool:
+        """Start or wake a parked engine; the loop does the work. False if not parked."""
+        if self.ended or self.state not in PARKED:
+            return False
+        if self.state is S.SLEEPING:
+            self._wake_began = time.monotonic()
+            self.transition(S.WAKING, reason)
+        else:
+            self.transition(S.STARTING, reason)
+        self._activated.set()
+        return True
+
+    def park(self, reason: str, drain_seconds: float) -> bool:
+        """Leave routing now; the loop drains, then sleeps or stops. False if not serving."""
+        if self.state not in (S.READY, S.UNHEALTHY) or self._interrupt is None or self._interrupt.done():
+            return False
+        self.transition(S.DRAINING, reason)
+        self._interrupt.set_result(Park(reason, drain_seconds))
+        return True
 
     def _backoff(self, failures: int) -> float:
         e = self.engines
         return float(min(e.restart_backoff_initial * 2 ** max(0, failures - 1), e.restart_backoff_max))
 
     def _build_launch(self) -> Launch:
-        req = launchers.request_for(
-            self.backend.pool, self.pool_cfg, self.spec, self.engines, self.port, self.devices
-        )
+        spec = self.spec if self.spec.sleep == self.sleep_level else self.spec.model_copy(update={"sleep": self.sleep_level})
+        req = launchers.request_for(self.backend.pool, self.pool_cfg, spec, self.engines, self.port, self.devices)
         return launchers.build(req)
 
     async def _start_once(self) -> str | None:
         """Spawn and wait for readiness. None when READY, else what went wrong (with output)."""
         try:
-            if self.restarts:
+            if self.proc is not None:  # a fresh port: the old process may still hold its own
                 self._set_port(self.ports.renew(self.port))
         except PortsExhausted as e:
             return str(e)
@@ -270,26 +413,27 @@ class EngineProcess:
         assert self.proc.stdout is not None
         self._pump = asyncio.ensure_future(self.log.pump(self.proc.stdout))
 
-    async def _watch(self) -> str:
-        """Probe until the process exits or stays unhealthy too long; returns why."""
+    async def _watch(self) -> str | Park:
+        """Probe until the process exits, stays unhealthy too long, or is parked; returns why."""
         assert self.proc is not None
         loop = asyncio.get_running_loop()
-        self._restart_now = loop.create_future()
+        interrupt = self._interrupt = loop.create_future()
         exited = asyncio.ensure_future(self.proc.wait())
         probes = asyncio.ensure_future(
             health.monitor(self._session(), self._target(), self.backend, self.spec.health, self._on_verdict)
         )
         try:
-            await asyncio.wait({exited, probes, self._restart_now}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({exited, probes, interrupt}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for f in (exited, probes, self._restart_now):
+            for f in (exited, probes):
                 f.cancel()
             self._cancel_unhealthy_timer()
+        if interrupt.done() and not interrupt.cancelled():
+            return interrupt.result()  # parked or restart asked: the exit (if any) is seen next
+        interrupt.cancel()
         if exited.done() and not exited.cancelled():
             await self._drain_output()
             return self._with_tail(describe_exit(self.proc.returncode))
-        if self._restart_now.done() and not self._restart_now.cancelled():
-            return self._restart_now.result()
         probes.result()  # re-raise a bug in the monitor rather than loop silently
         return "health monitor ended"
 
@@ -307,8 +451,8 @@ class EngineProcess:
             self.transition(S.READY, "health check passing again")
 
     def _request_restart(self, reason: str) -> None:
-        if self._restart_now is not None and not self._restart_now.done() and self.state is S.UNHEALTHY:
-            self._restart_now.set_result(reason)
+        if self._interrupt is not None and not self._interrupt.done() and self.state is S.UNHEALTHY:
+            self._interrupt.set_result(reason)
 
     def _cancel_unhealthy_timer(self) -> None:
         if self._unhealthy_timer is not None:
@@ -364,6 +508,7 @@ class EngineProcess:
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
+        self.ended = True
         if self.state is not S.STOPPED:
             self.transition(S.STOPPED, reason)
         self.ports.release(self.port)
@@ -420,6 +565,13 @@ class EngineProcess:
             "starting_for": round(now - self.started_at, 1)
             if self.state is S.STARTING and self.started_at is not None
             else None,
+            "start": self.spec.start,
+            "sleep_level": self.sleep_level,
+            "parked_for": round(now - self.parked_at, 1)
+            if self.state in PARKED and self.parked_at is not None
+            else None,
+            "last_load_seconds": None if self.last_load is None else round(self.last_load, 2),
+            "last_wake_seconds": None if self.last_wake is None else round(self.last_wake, 2),
             "served_model": self.backend.served_model,
             "argv": self.launch.display_argv() if self.launch else None,
         }

@@ -29,14 +29,14 @@ from .endpoints import EndpointProbe
 from .gpus import GpuInventory, GpusExhausted
 from .logs import log_file_name
 from .ports import PortAllocator, PortsExhausted
-from .process import EngineProcess
+from .process import PARKED, EngineProcess
+from .residency import Residency
 
 if TYPE_CHECKING:
     from ..state import GatewayState
 
 log = logging.getLogger("gateway.engines")
 S = BackendState
-GONE = (S.DRAINING, S.STOPPED)
 
 
 class Supervisor:
@@ -46,8 +46,10 @@ class Supervisor:
         self.state = state
         ecfg = state.config.engines
         self.settings: EnginesConfig = ecfg
-        self.gpus = GpuInventory(ecfg.gpus)
+        self.gpus = _inventory(state.config)
         self.ports = PortAllocator(*ecfg.port_range)
+        self.residency = Residency(self)
+        self._residency_task: asyncio.Task[None] | None = None
         self.engines: list[EngineProcess] = []
         self.probes: dict[str, EndpointProbe] = {}
         self._pool_of: dict[EngineProcess, Pool] = {}
@@ -62,7 +64,12 @@ class Supervisor:
     # --- lifecycle (called by the app's lifespan) ---
 
     async def start(self) -> None:
-        """Begin spawning every configured engine and probing endpoints; returns at once."""
+        """Begin spawning every configured engine and probing endpoints; returns at once.
+
+        Engines with `start: on_demand` are created parked (STOPPED) and started by the
+        residency coordinator when a request needs them."""
+        self._attach_demand()
+        self._residency_task = asyncio.get_running_loop().create_task(self.residency.run(), name="residency")
         for name, pcfg in self.state.config.pools.items():
             for spec in pcfg.spawn:
                 for _ in range(spec.replicas):
@@ -76,17 +83,20 @@ class Supervisor:
         """Wait until every live spawned engine has finished a start attempt (READY or FAILED).
 
         True when all of them are READY; False if any failed or `timeout` passed first.
+        Parked on-demand engines count as settled (nothing is asked of them yet).
         """
         try:
-            await asyncio.wait_for(self._wait(lambda: all(e.attempted for e in self._live())), timeout)
+            await asyncio.wait_for(
+                self._wait(lambda: all(e.attempted or e.state in PARKED for e in self._live())), timeout
+            )
         except TimeoutError:
             return False
-        return all(e.state is S.READY for e in self._live())
+        return all(e.state is S.READY or e.state in PARKED for e in self._live())
 
     async def stop(self) -> None:
         """Stop every engine concurrently (group SIGTERM, grace, SIGKILL) and every probe."""
         self._stopping = True
-        for t in [*self._tasks, self._progress]:
+        for t in [*self._tasks, self._progress, self._residency_task]:
             if t is not None:
                 t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -105,11 +115,12 @@ class Supervisor:
         Returns at once with what was started/drained; new engines join when READY and the
         engines they replace are drained only after that (new before old).
         """
-        self._update_settings(new_cfg.engines)
+        self._update_settings(new_cfg)
         summary: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
         drains: list[asyncio.Task[Any]] = []
         deferred: list[tuple[str, SpawnConfig]] = []
-        running = [e for e in self.engines if not e.retiring and e.state not in GONE]
+        self._attach_demand()
+        running = self._live()
         for name, plan in diff.plan(running, new_cfg).items():
             pcfg = new_cfg.pools.get(name)
             for e in plan.surplus:
@@ -144,11 +155,13 @@ class Supervisor:
         await self._sync_probes()
         return summary
 
-    def _update_settings(self, ecfg: EnginesConfig) -> None:
-        if ecfg.gpus != self.settings.gpus:
-            self.gpus = GpuInventory(ecfg.gpus)
+    def _update_settings(self, cfg: GatewayConfig) -> None:
+        ecfg = cfg.engines
+        if ecfg.gpus != self.settings.gpus or _pinned(cfg) != self.gpus.pinned:
+            self.gpus = _inventory(cfg)
             for e in self.engines:
-                self.gpus.claim(tuple(d for d in e.devices if d in ecfg.gpus), e.id)
+                if not e.spec.devices:
+                    self.gpus.claim(tuple(d for d in e.devices if d in ecfg.gpus), e.id)
         if tuple(ecfg.port_range) != tuple(self.settings.port_range):
             self.ports = PortAllocator(*ecfg.port_range)
             for e in self.engines:
@@ -162,7 +175,10 @@ class Supervisor:
         """Leave routing, let in-flight requests finish (up to drain_seconds), then stop."""
         if after_pool_ready is not None:
             name = after_pool_ready
-            await self._wait(lambda: all(x.state is S.READY for x in self._live() if x.pool_name == name))
+            await self._wait(
+                lambda: all(x.state is S.READY or x.state in PARKED for x in self._live() if x.pool_name == name)
+            )
+        e.retiring = True
         e.drain(reason)
         pool = self._pool_of.get(e)
         if pool is not None:
@@ -191,7 +207,8 @@ class Supervisor:
     def _create(self, pool_name: str, pcfg: PoolConfig, spec: SpawnConfig) -> EngineProcess:
         seq = self._seq.get((pool_name, spec.engine), 0)
         backend_id = f"{pool_name}/{spec.engine}-{seq}"
-        devices = self.gpus.allocate(spec.gpus_per_replica, backend_id)
+        # Pinned devices are shared by on-demand engines, which take turns (residency).
+        devices = tuple(spec.devices) if spec.devices else self.gpus.allocate(spec.gpus_per_replica, backend_id)
         try:
             port = self.ports.allocate()
         except PortsExhausted:
@@ -206,7 +223,7 @@ class Supervisor:
             max_concurrency=pcfg.max_concurrency,
             api_key=spec.api_key or pcfg.api_key,
             source="spawned",
-            state=S.STARTING,
+            state=S.STOPPED if spec.on_demand else S.STARTING,
         )
         e = EngineProcess(
             backend,
@@ -224,7 +241,8 @@ class Supervisor:
         self.engines.append(e)
         self._pool_of[e] = pool
         pool.add(backend)
-        self._on_change(e, S.STARTING, S.STARTING)  # a new engine is starting: progress view
+        if not spec.on_demand:
+            self._on_change(e, S.STARTING, S.STARTING)  # a new engine is starting: progress view
         e.start()
         return e
 
@@ -240,7 +258,15 @@ class Supervisor:
         self._pulse()
 
     def _live(self) -> list[EngineProcess]:
-        return [e for e in self.engines if not e.retiring and e.state not in GONE]
+        """Engines that belong to the current config: serving, starting, or parked."""
+        return [e for e in self.engines if not e.retiring and not e.ended]
+
+    def live(self) -> list[EngineProcess]:
+        return self._live()
+
+    def _attach_demand(self) -> None:
+        for pool in self.state.pools.values():
+            pool.demand = self.residency
 
     def session(self) -> aiohttp.ClientSession:
         # Probes get their own small pool: they must never queue behind proxied traffic.
@@ -279,6 +305,11 @@ class Supervisor:
             pool = self._pool_of.get(e)
             if pool is not None:
                 pool.wake()  # queued requests proceed now
+            metrics = self.state.metrics
+            if metrics is not None and old is S.STARTING and e.last_load is not None:
+                metrics.engine_loaded(e.pool_name, e.last_load)
+            elif metrics is not None and old is S.WAKING and e.last_wake is not None:
+                metrics.engine_woken(e.pool_name, e.last_wake)
         if new is S.STARTING and not self._stopping:
             if self._batch_started is None:
                 self._batch_started = time.monotonic()
@@ -292,6 +323,13 @@ class Supervisor:
     def _pulse(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def pulse(self) -> None:
+        self._pulse()
+
+    def changed_event(self) -> asyncio.Event:
+        """Set at the next engine state change (take it before checking, then wait)."""
+        return self._changed
 
     async def _wait(self, predicate: Callable[[], bool]) -> None:
         while True:
@@ -359,5 +397,19 @@ class Supervisor:
         e = self.find(backend_id)
         return None if e is None else e.log.tail(lines)
 
+    def swaps(self) -> dict[str, int]:
+        return dict(self.residency.swaps)
+
     def find(self, backend_id: str) -> EngineProcess | None:
         return next((e for e in self.engines if e.id == backend_id), None)
+
+
+def _pinned(cfg: GatewayConfig) -> frozenset[str]:
+    return frozenset(d for p in cfg.pools.values() for s in p.spawn for d in (s.devices or []))
+
+
+def _inventory(cfg: GatewayConfig) -> GpuInventory:
+    """The allocator for unpinned replicas: pinned devices are never handed out."""
+    inv = GpuInventory(cfg.engines.gpus)
+    inv.pin(_pinned(cfg))
+    return inv

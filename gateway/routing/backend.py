@@ -17,6 +17,8 @@ class BackendState(StrEnum):
     UNHEALTHY = "unhealthy"
     RESTARTING = "restarting"
     DRAINING = "draining"
+    SLEEPING = "sleeping"  # vLLM sleep mode: process up, weights off the device
+    WAKING = "waking"
     STOPPED = "stopped"
     FAILED = "failed"
 

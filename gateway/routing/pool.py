@@ -9,7 +9,9 @@ calls the policy's hooks (`on_dispatch`, `on_complete`) the same way for every p
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from typing import Protocol
 
 from ..config import PoolConfig
 from ..errors import GatewayError, service_unavailable
@@ -28,6 +30,18 @@ class QueueFull(GatewayError):
         )
 
 
+class Demand(Protocol):
+    """Engines started on demand (engines/residency.py): told when a request must queue."""
+
+    def needed(self, pool: Pool) -> float | None:
+        """Start or wake the pool's engines if none serves; how long to wait (None: queue.timeout)."""
+        ...
+
+    def waited(self, pool: Pool, seconds: float) -> None:
+        """A request that waited for a start or wake got its backend after `seconds`."""
+        ...
+
+
 class Pool:
     """The backends serving one model and the FIFO of requests waiting for a slot.
 
@@ -41,6 +55,8 @@ class Pool:
         self.backends: list[Backend] = []
         self.balancer = balancer or make_balancer(cfg.balancer, prefix=cfg.prefix_routing)
         self._waiters: deque[tuple[asyncio.Future[Backend], frozenset[Backend], RouteRequest]] = deque()
+        self.demand: Demand | None = None
+        self.last_release = 0.0  # monotonic; idle timeouts count from here
 
     # --- membership (called by the supervisor / reload) ---
 
@@ -103,9 +119,17 @@ class Pool:
         fut: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
         entry = (fut, exclude, request)
         self._waiters.append(entry)
+        # Engines started on demand: the wait is bounded by their start-up, not the queue timeout.
+        demand = self.demand
+        load = demand.needed(self) if demand is not None else None
+        timeout = self.cfg.queue.timeout if load is None else load
+        queued_at = time.monotonic()
         try:
-            async with asyncio.timeout(self.cfg.queue.timeout):
-                return await fut
+            async with asyncio.timeout(timeout):
+                b = await fut
+            if load is not None and demand is not None:
+                demand.waited(self, time.monotonic() - queued_at)
+            return b
         except (TimeoutError, asyncio.CancelledError) as e:
             if fut.done() and not fut.cancelled():
                 self.release(fut.result(), request)  # granted in the same instant we gave up
@@ -119,7 +143,7 @@ class Pool:
                 raise
             ready = any(b.routable for b in self.backends)
             msg = (
-                f"Pool `{self.name}`: every backend stayed busy for {self.cfg.queue.timeout:g}s."
+                f"Pool `{self.name}`: every backend stayed busy for {timeout:g}s."
                 if ready
                 else f"Pool `{self.name}` has no ready backend (engines may still be starting)."
             )
@@ -130,6 +154,7 @@ class Pool:
         """Uncount a dispatched request (exactly once per `acquire`); `completion` is how
         it ended, None when no answer came back."""
         backend.outstanding -= 1
+        self.last_release = time.monotonic()
         if completion is not None:
             if completion.ok:
                 backend.observe(completion.ttft, completion.duration, completion.output_tokens)

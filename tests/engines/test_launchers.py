@@ -267,8 +267,20 @@ def test_gateway_check_passes_on_every_example(path: Path, capsys: pytest.Captur
     assert ": ok (" in capsys.readouterr().out
 
 
-def test_examples_cover_deployments_1_to_8() -> None:
-    assert [p.name[:2] for p in sorted(EXAMPLES.glob("*.yaml"))] == ["01", "02", "03", "04", "05", "06", "07", "08"]
+def test_examples_cover_deployments_1_to_9() -> None:
+    assert [p.name[:2] for p in sorted(EXAMPLES.glob("*.yaml"))] == ["01", "02", "03", "04", "05", "06", "07", "08", "09"]
+
+
+def test_sleep_mode_adds_the_flag_and_dev_mode_env() -> None:
+    launch = one("{engine: vllm, model: /m, sleep: 1}")
+    assert launch.argv[-1] == "--enable-sleep-mode" and launch.env["VLLM_SERVER_DEV_MODE"] == "1"
+    sim = one("{engine: sim, model: /m, sleep: 2}")
+    assert "--enable-sleep-mode" in sim.argv and sim.env["VLLM_SERVER_DEV_MODE"] == "1"
+    plain = one("{engine: vllm, model: /m}")
+    assert "--enable-sleep-mode" not in plain.argv and "VLLM_SERVER_DEV_MODE" not in plain.env
+    # The user's own env wins (a deployment that must not expose the dev endpoints).
+    off = one("{engine: vllm, model: /m, sleep: 1, env: {VLLM_SERVER_DEV_MODE: '0'}}")
+    assert off.env["VLLM_SERVER_DEV_MODE"] == "0"
 
 
 def test_rerank_and_transcription_kinds_get_their_engine_flags() -> None:

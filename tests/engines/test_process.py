@@ -17,12 +17,17 @@ from .util import make_state, run, until
 S = BackendState
 
 
-def test_transition_table_covers_every_state_and_stopped_is_final() -> None:
+def test_transition_table_covers_every_state_and_stopped_only_starts_again() -> None:
     assert set(ALLOWED) == set(BackendState)
-    assert ALLOWED[S.STOPPED] == frozenset()
-    # Every state can be stopped, and only a restart or a failure leads back to STARTING.
+    # STOPPED leads only to STARTING (an on-demand start); an engine the supervisor stopped
+    # is `ended` and refuses activation (tests/engines/test_on_demand.py).
+    assert ALLOWED[S.STOPPED] == frozenset({S.STARTING})
+    # Every state can be stopped, and only a restart, a failure or an on-demand start leads to STARTING.
     assert all(S.STOPPED in ALLOWED[s] for s in BackendState if s is not S.STOPPED)
-    assert {s for s in BackendState if S.STARTING in ALLOWED[s]} == {S.RESTARTING, S.FAILED}
+    assert {s for s in BackendState if S.STARTING in ALLOWED[s]} == {S.RESTARTING, S.FAILED, S.STOPPED}
+    # Sleep is entered only after a drain, and a wake ends READY or in a restart.
+    assert {s for s in BackendState if S.SLEEPING in ALLOWED[s]} == {S.DRAINING}
+    assert ALLOWED[S.WAKING] == frozenset({S.READY, S.RESTARTING, S.STOPPED})
 
 
 def test_invalid_transition_is_refused_and_a_kill_is_one_counted_restart(tmp_path: Path) -> None:

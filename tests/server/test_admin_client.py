@@ -29,6 +29,20 @@ def test_status_sends_the_admin_key_and_prints_a_table(capsys: pytest.CaptureFix
 
 
 @respx.mock
+def test_status_shows_on_demand_states_and_load_times(capsys: pytest.CaptureFixture[str]) -> None:
+    respx.get(f"{URL}/admin/backends").mock(return_value=httpx.Response(200, json={
+        "object": "list", "ready": 0, "total": 1,
+        "data": [{"pool": "p", "id": "p/vllm-0", "engine": "vllm", "state": "sleeping", "pid": 42, "port": 20001,
+                  "devices": "0", "outstanding": 0, "restarts": 0, "uptime": None, "last_error": None,
+                  "start": "on_demand", "last_load_seconds": 71.2, "last_wake_seconds": 2.04}],
+    }))
+    assert main(["status", *ARGS]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert "START" in header and "LOAD" in header
+    assert "on_demand" in row and "sleeping" in row and "start 71.2s, wake 2.0s" in row
+
+
+@respx.mock
 def test_logs_path_keeps_slashes_of_backend_ids(capsys: pytest.CaptureFixture[str]) -> None:
     route = respx.get(f"{URL}/admin/backends/p/sim-0/logs").mock(
         return_value=httpx.Response(200, json={"lines": ["loading", "ready"]}))

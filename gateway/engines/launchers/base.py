@@ -154,6 +154,9 @@ class Launcher:
     served_name_flags: tuple[str, ...] = ()
     served_names_many: bool = False
     api_key_flags: tuple[str, ...] = ()
+    # vLLM's sleep mode: `/sleep`, `/wake_up` and `/is_sleeping` exist only with
+    # VLLM_SERVER_DEV_MODE=1 in the engine's environment.
+    supports_sleep: bool = False
 
     def launch(self, req: LaunchRequest, base_env: Mapping[str, str] | None = None) -> Launch:
         argv = Argv(req.program(self.program), req.spec.args)
@@ -166,9 +169,12 @@ class Launcher:
             given = argv.user_values(*self.api_key_flags)
             api_key = given[0] if given else None
         self.build(req, argv)
+        env = build_env(req, os.environ if base_env is None else base_env)
+        if req.spec.sleep and self.supports_sleep:
+            env.setdefault("VLLM_SERVER_DEV_MODE", "1")
         return Launch(
             argv=argv.done(),
-            env=build_env(req, os.environ if base_env is None else base_env),
+            env=env,
             health_path=req.spec.health.path or self.health_path,
             metric_running=self.metric_running,
             metric_waiting=self.metric_waiting,

@@ -19,6 +19,8 @@ def _build(req: LaunchRequest, a: Argv) -> None:
     a.flag("--model", req.spec.model)
     if req.api_key:
         a.flag("--api-key", req.api_key)
+    if req.spec.sleep:
+        a.flag("--enable-sleep-mode")
     if req.kind == "embedding":
         a.flag("--embedding")
     elif req.kind == "rerank":
@@ -38,4 +40,5 @@ LAUNCHER = Launcher(
     served_name_flags=SERVED,
     served_names_many=True,
     api_key_flags=("--api-key",),
+    supports_sleep=True,
 )

@@ -22,6 +22,8 @@ def _build(req: LaunchRequest, a: Argv) -> None:
         a.flag(("--tensor-parallel-size", "-tp"), str(req.tensor_parallel))
     if req.api_key:
         a.flag("--api-key", req.api_key)
+    if req.spec.sleep:
+        a.flag("--enable-sleep-mode")
     if req.kind == "rerank" and not a.user_has("--task", "--runner"):
         # A cross-encoder for /rerank and /score (vLLM >= 0.11 flags; older ones: `--task score`).
         a.flag("--runner", "pooling")
@@ -37,4 +39,5 @@ LAUNCHER = Launcher(
     served_name_flags=SERVED,
     served_names_many=True,
     api_key_flags=("--api-key",),
+    supports_sleep=True,
 )

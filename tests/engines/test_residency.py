@@ -1,0 +1,148 @@
+"""The swap policy's decisions, step by step at chosen instants (no processes, no clock).
+
+Engines and pools are small stand-ins with the fields the coordinator reads; `step(now)`
+is called at explicit times, so every rule is checked exactly: min_residency, idle_grace,
+max_defer, queued-first, fcfs, and oldest-wanted-first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from gateway.config import ServerConfig, SpawnConfig, SwapConfig
+from gateway.engines.residency import Residency
+from gateway.routing.backend import BackendState
+
+S = BackendState
+
+
+@dataclass(eq=False)
+class Engine:
+    pool_name: str
+    devices: tuple[str, ...] = ("0",)
+    state: BackendState = S.STOPPED
+    ready_since: float | None = None
+    spec: SpawnConfig = field(default_factory=lambda: SpawnConfig(engine="sim", model="m", start="on_demand"))
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return f"{self.pool_name}/sim-0"
+
+    def activate(self, reason: str) -> bool:
+        self.log.append("activate")
+        self.state = S.STARTING
+        return True
+
+    def park(self, reason: str, drain_seconds: float) -> bool:
+        self.log.append(f"park: {reason}")
+        self.state = S.DRAINING
+        return True
+
+
+@dataclass
+class Pool:
+    name: str
+    queued: int = 0
+    outstanding: int = 0
+    last_release: float = 0.0
+    cfg: Any = field(default_factory=lambda: SimpleNamespace(queue=SimpleNamespace(timeout=30.0)))
+
+
+class Sup:
+    def __init__(self, engines: list[Engine], swap: SwapConfig) -> None:
+        self.engines = engines
+        self.settings = SimpleNamespace(swap=swap)
+        self.state = SimpleNamespace(pools={e.pool_name: Pool(e.pool_name) for e in engines},
+                                     config=SimpleNamespace(server=ServerConfig(drain_seconds=5)), metrics=None)
+
+    def live(self) -> list[Engine]:
+        return self.engines
+
+    def pulse(self) -> None:
+        pass
+
+
+def setup(policy: str = "residency") -> tuple[Residency, Engine, Engine, Sup]:
+    a, b = Engine("a", state=S.READY, ready_since=100.0), Engine("b")
+    sup = Sup([a, b], SwapConfig(policy=policy, min_residency=30, idle_grace=2, max_defer=60))  # type: ignore[arg-type]
+    return Residency(sup), a, b, sup  # type: ignore[arg-type]
+
+
+def want(res: Residency, sup: Sup, pool: str, now: float) -> None:
+    sup.state.pools[pool].queued += 1
+    res._wanted_since.setdefault(pool, now)
+
+
+def test_resident_keeps_its_turn_for_min_residency_then_leaves_at_a_pause() -> None:
+    res, a, b, sup = setup()
+    want(res, sup, "b", 110.0)
+    assert res.step(110.0) == 20.0  # next look: when a's 30 s of residency are up
+    assert a.log == [] and b.log == []
+    sup.state.pools["a"].outstanding = 1  # a still serving at 130: its requests first
+    assert res.step(130.0) is not None and a.log == []
+    sup.state.pools["a"].outstanding, sup.state.pools["a"].last_release = 0, 131.0
+    assert res.step(132.0) == 1.0  # a pause, but not idle_grace (2 s) long yet
+    res.step(133.0)
+    assert a.log == ["park: swapped out for b"] and res.swaps == {"b": 1}
+    a.state = S.SLEEPING  # the engine's loop drained it and put it to sleep
+    res.step(133.5)
+    assert b.log == ["activate"] and "b" not in res._wanted_since
+
+
+def test_max_defer_wins_over_a_resident_that_never_pauses() -> None:
+    res, a, _, sup = setup()
+    sup.state.pools["a"].queued = 3  # always busy
+    want(res, sup, "b", 110.0)
+    res.step(169.0)
+    assert a.log == []
+    res.step(170.0)  # 60 s after b first asked
+    assert a.log == ["park: swapped out for b"]
+
+
+def test_fcfs_swaps_as_soon_as_the_resident_is_ready() -> None:
+    res, a, _, sup = setup("fcfs")
+    sup.state.pools["a"].outstanding = 2
+    want(res, sup, "b", 100.5)
+    res.step(100.5)
+    assert a.log == ["park: swapped out for b"]  # in-flight requests are drained by the engine loop
+
+
+def test_no_eviction_while_the_holder_is_still_starting_or_waking() -> None:
+    res, a, _, sup = setup("fcfs")
+    a.state, a.ready_since = S.WAKING, None
+    want(res, sup, "b", 100.0)
+    assert res.step(100.0) is not None and a.log == []
+
+
+def test_oldest_wanted_pool_goes_first_and_the_younger_waits_for_its_turn() -> None:
+    a = Engine("a", state=S.READY, ready_since=0.0)
+    b, c = Engine("b"), Engine("c")
+    sup = Sup([a, b, c], SwapConfig(policy="residency", min_residency=30, idle_grace=2, max_defer=60))  # type: ignore[arg-type]
+    res = Residency(sup)  # type: ignore[arg-type]
+    want(res, sup, "c", 50.0)
+    want(res, sup, "b", 51.0)
+    res.step(60.0)
+    assert a.log == ["park: swapped out for c"]
+    a.state = S.SLEEPING
+    res.step(61.0)
+    assert c.log == ["activate"] and b.log == []  # b needs the same device: it waits for c's turn
+    c.state, c.ready_since = S.READY, 62.0
+    sup.state.pools["c"].queued = 0  # its waiters got their backend
+    res.step(70.0)
+    assert c.log == ["activate"]  # c keeps it for min_residency
+    res.step(92.5)
+    assert c.log == ["activate", "park: swapped out for b"]
+
+
+def test_idle_engine_is_parked_after_its_idle_timeout() -> None:
+    spec = SpawnConfig(engine="sim", model="m", start="on_demand", idle_timeout=10, sleep=1)
+    a = Engine("a", state=S.READY, ready_since=0.0, spec=spec)
+    sup = Sup([a], SwapConfig())
+    res = Residency(sup)  # type: ignore[arg-type]
+    sup.state.pools["a"].last_release = 5.0
+    assert res.step(14.0) == 1.0 and a.log == []
+    res.step(15.0)
+    assert a.log == ["park: idle for 10s"]
