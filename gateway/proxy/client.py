@@ -153,6 +153,19 @@ class _Conn(asyncio.Protocol):
         self._buffered = 0
         return data
 
+    def expect_head(self) -> asyncio.Future[None]:
+        """The future the next response's head resolves; failed at once when the connection
+        is already gone.
+
+        A fresh connection can be lost before its request is sent: `create_connection`
+        returns, and before the caller's task resumes the loop may run `connection_lost`
+        (an engine SIGKILLed while accepting). `_fail` then found no future to fail, so a
+        future made afterwards would wait for a head that never comes."""
+        self.head = head = self.session.loop.create_future()
+        if self.closed:
+            self._fail(self.error or aiohttp.ServerDisconnectedError())
+        return head
+
     def reset(self) -> None:
         # The parser itself carries on: llhttp parses one keep-alive response after
         # another. Only a connection whose response was read to its end comes back here.
@@ -222,14 +235,15 @@ class _Call:
         for k, v in (self.headers or {}).items():
             head.append(f"{k}: {v}\r\n")
         head.append("\r\n")
-        conn.head = s.loop.create_future()
+        answer = conn.expect_head()
         assert conn.transport is not None
         conn.last_read = s.loop.time()
-        conn.transport.write("".join(head).encode("latin-1") + body)
-        if read_timeout:
-            self._arm(read_timeout)
+        if not answer.done():
+            conn.transport.write("".join(head).encode("latin-1") + body)
+            if read_timeout:
+                self._arm(read_timeout)
         try:
-            await conn.head  # raises the connection's error (closed, timeout) if it fails first
+            await answer  # raises the connection's error (closed, timeout) if it fails first
         except BaseException:
             # `async with` skips __aexit__ when __aenter__ raises: a client that went away
             # while the engine was still generating must close the connection here.
@@ -245,7 +259,12 @@ class _Call:
 
         def check() -> None:
             idle = loop.time() - conn.last_read
-            if conn.complete or conn.closed:
+            if conn.complete:
+                return
+            if conn.closed:
+                # Lost without an answer: its error reached the waiter when it was lost;
+                # failing again is a no-op then, and ends the wait if it ever did not.
+                conn._fail(conn.error or aiohttp.ServerDisconnectedError())
                 return
             if idle >= seconds:
                 conn._fail(TimeoutError())

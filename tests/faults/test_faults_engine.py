@@ -72,24 +72,24 @@ def two_sims() -> Iterator[tuple[SimProcess, SimProcess]]:
         yield a, b
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue #14): in about 1 of 3 runs under pytest (0 of 7 standalone) one stream request sent "
-    "around the engine's SIGKILL gets no response headers for over 15 s; not yet diagnosed",
-)
 def test_engine_sigkill_mid_stream_and_mid_non_stream_under_load(two_sims: tuple[SimProcess, SimProcess]) -> None:
     a, b = two_sims
     cfg = auth_yaml() + f'store: "memory://"\npools:\n  chat: {{endpoints: [{a.base_url}, {b.base_url}]}}\n'
     with GatewayServer(cfg) as gw, cf.ThreadPoolExecutor(24) as pool:
-        futs = [pool.submit(_call, gw, i) for i in range(48)]  # ~0.6 s each: all in flight at the kill
+        futs = [pool.submit(_call, gw, i, timeout=10) for i in range(48)]  # ~0.6 s each: in flight at the kill
         assert wait_until(lambda: a.metrics().get("vllm:num_requests_running", 0) >= 4, timeout=10)
         os.kill(a.pid, signal.SIGKILL)
         t0 = time.monotonic()
-        ends = [f.result(timeout=30) for f in futs]
-        assert time.monotonic() - t0 < 10  # errors at once, not after a timeout
-        # The killed engine's requests failed visibly, as a stream error or a 502; none hung.
-        assert ends.count("ok") >= 24 and len(ends) - ends.count("ok") >= 2, ends
-        assert set(ends) <= {"ok", "stream-error", "error:502", "error:503"}, ends
+        # A request that hung (a lost connection's error dropped before send, once) fails
+        # here with a ReadTimeout after 10 s; the rest end at once, not after a timeout.
+        ends = [f.result(timeout=20) for f in futs]
+        assert time.monotonic() - t0 < 10
+        # Only a stream that had relayed A's first event fails visibly (an error event, then
+        # [DONE]). Anything else (a non-stream, whose first byte is its last; a stream before
+        # its first event; a request sent to A after the kill) is retried on B and succeeds.
+        # How many streams had started on A is chance (1 to 5 of 24 in 16 runs), so no count.
+        assert ends[1::2] == ["ok"] * 24, ends
+        assert set(ends) <= {"ok", "stream-error"}, ends
         assert wait_until(lambda: gw.state.pools["chat"].outstanding == 0, timeout=5)
         # The pool keeps serving from the survivor.
         assert [_call(gw, i) for i in range(6)] == ["ok"] * 6

@@ -76,6 +76,51 @@ def test_errors_use_aiohttp_classes() -> None:
     asyncio.run(run())
 
 
+class _LossSeenBeforeSend(RawSession):
+    """Hands out a new connection only once the loop has run its `connection_lost`: the
+    order in which an engine killed while accepting is seen, made deterministic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = asyncio.Event()
+
+    def forget(self, c: httpclient._Conn) -> None:  # called from connection_lost
+        super().forget(c)
+        self.lost.set()
+
+    async def acquire(self, key: httpclient.Key, connect_timeout: float | None) -> httpclient._Conn:
+        conn = await super().acquire(key, connect_timeout)
+        async with asyncio.timeout(5):
+            await self.lost.wait()
+        assert conn.closed and conn.error is not None
+        return conn
+
+
+def test_connection_lost_before_send_fails_the_request_instead_of_hanging() -> None:
+    """Issue #14: a stream sent as its engine was SIGKILLed waited forever for response
+    headers. Its fresh connection was lost before the request went out, when nothing
+    waited on it yet, so the error was dropped; the read watchdog skipped closed
+    connections. Now the request fails with a connection error (retried elsewhere)."""
+
+    async def run() -> None:
+        # An "engine" that accepts and immediately closes every connection.
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        s = _LossSeenBeforeSend()
+        t = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=0.3)
+        try:
+            async with asyncio.timeout(3):  # a hang fails here, as TimeoutError
+                with pytest.raises(aiohttp.ServerDisconnectedError):
+                    async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", data=b"{}", timeout=t):
+                        pass
+        finally:
+            await s.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(run())
+
+
 def test_idle_read_timeout_and_abandoned_response_closes(sim: SimProcess) -> None:
     async def run() -> None:
         s = RawSession()
