@@ -81,7 +81,14 @@ pools:
         threads = [threading.Thread(target=worker, args=(w,)) for w in range(16)]
         for t in threads:
             t.start()
-        assert wait_until(lambda: len(done) >= 300, timeout=30), len(done)
+        def settled() -> int:  # finished longer ago than the loss window: these must all survive
+            with lock:
+                cutoff = time.monotonic() - LOSS_WINDOW_S
+                return sum(1 for t in done.values() if t < cutoff)
+
+        # Wait for the load itself, not a request count: a slow machine keeps more of them
+        # inside the loss window at any instant.
+        assert wait_until(lambda: settled() >= 250, timeout=60), settled()
         killed_at = time.monotonic()
         gw.signal(signal.SIGKILL)
         stop.set()
