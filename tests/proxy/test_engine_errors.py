@@ -340,33 +340,3 @@ def sdk_decode(body: bytes) -> list[list[float]]:
 _f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-# --- tool calls pass through untouched ----------------------------------------------------------
-
-_ENV = b'{"id":"chatcmpl-t","object":"chat.completion.chunk","created":1,"model":"m","choices":['
-TOOL_STREAM = [
-    b"data: "
-    + _ENV
-    + b'{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n',
-    b"data: "
-    + _ENV
-    + b'{"index":0,"delta":{"tool_calls":[{"id":"chatcmpl-tool-1","type":"function","index":0,'
-    b'"function":{"name":"get_weather"}}]},"logprobs":null,"finish_reason":null}]}\n\n',
-    b"data: " + _ENV + b'{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\"city\\": '
-    b'\\"</think> Paris\\"}"}}]},"logprobs":null,"finish_reason":null}]}\n\n',
-    b"data: " + _ENV + b'{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"tool_calls",'
-    b'"stop_reason":null}]}\n\n',
-]
-
-
