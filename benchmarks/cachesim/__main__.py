@@ -84,7 +84,7 @@ def section(res: dict[str, Any]) -> str:
     caps = ", ".join(f"{w} {c:.1f} req/s" for w, c in res["capacity"].items())
     return f"""## Cache-aware routing in simulated time (issue #15)
 
-`python -m benchmarks.cachesim` ({res['elapsed_s']:.0f} s of CPU for {res['window_s']:.0f} simulated seconds per run;
+`python -m benchmarks.cachesim` ({res['elapsed_s']:.0f} s of CPU in all, {res['window_s']:.0f} simulated seconds of arrivals per run;
 deterministic: the same seeds give the same figures). The gateway's own balancer classes
 in front of {res['engines']} GPU-like engines (`benchmarks/cachesim/engine.py`: continuous batching,
 chunked prefill, the simulator's prefix cache): an 8B model on one 80 GB A100 each,
@@ -104,22 +104,7 @@ records (Redis in production, an in-memory stand-in here).
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.cachesim")
-    p.add_argument("--quick", action="store_true", help="70%% load only, shorter window")
-    p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
-    p.add_argument("--loads", nargs="+", type=float)
-    p.add_argument("--no-write", action="store_true", help="print only; RESULTS.md untouched")
-    args = p.parse_args(argv)
-    loads = args.loads or ([0.7] if args.quick else [0.5, 0.7, 0.9])
-    window, warm = (600.0, 200.0) if args.quick else (1200.0, 300.0)
-    t0 = time.process_time()
-    res = run(args.workloads, loads, window, warm, lambda m: print(m, file=sys.stderr, flush=True))
-    res["elapsed_s"] = time.process_time() - t0
-    for t in res["targets"]:
-        print(f"{'met' if t['met'] else 'NOT met'}: {t['target']}: {t['detail']}", file=sys.stderr)
-    if args.no_write:
-        return 0
+def write(res: dict[str, Any]) -> Path:
     root = Path(__file__).resolve().parents[1]
     (root / "out").mkdir(exist_ok=True)
     (root / "out" / "cachesim.json").write_text(json.dumps(res, indent=1))
@@ -131,7 +116,44 @@ def main(argv: list[str] | None = None) -> int:
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.write_text(text)
-    print(f"wrote {path}", file=sys.stderr)
+    return path
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of the same settings split over processes (e.g. two workloads each), as one."""
+    res = dict(parts[0])
+    res["capacity"] = {w: c for p in parts for w, c in p["capacity"].items()}
+    res["runs"] = [r for p in parts for r in p["runs"]]
+    res["elapsed_s"] = sum(p["elapsed_s"] for p in parts)
+    res["targets"] = targets(res["runs"])
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cachesim")
+    p.add_argument("--quick", action="store_true", help="70%% load only, shorter window")
+    p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    p.add_argument("--loads", nargs="+", type=float)
+    p.add_argument("--window", type=float, help="simulated seconds of arrivals (default 900, quick 600)")
+    p.add_argument("--json", type=Path, help="write this part's figures here; RESULTS.md untouched")
+    p.add_argument("--merge", nargs="+", type=Path, help="write RESULTS.md from parts written with --json")
+    p.add_argument("--no-write", action="store_true", help="print only; RESULTS.md untouched")
+    args = p.parse_args(argv)
+    if args.merge:
+        res = merge([json.loads(f.read_text()) for f in args.merge])
+    else:
+        loads = args.loads or ([0.7] if args.quick else [0.5, 0.7, 0.9])
+        window = args.window or (600.0 if args.quick else 900.0)
+        warm = 200.0 if args.quick else 300.0
+        t0 = time.process_time()
+        res = run(args.workloads, loads, window, warm, lambda m: print(m, file=sys.stderr, flush=True))
+        res["elapsed_s"] = time.process_time() - t0
+    for t in res["targets"]:
+        print(f"{'met' if t['met'] else 'NOT met'}: {t['target']}: {t['detail']}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    elif not args.no_write:
+        print(f"wrote {write(res)}", file=sys.stderr)
     return 0
 
 

@@ -79,9 +79,6 @@ class _Entry:
     reports_cached: bool = False  # the engine has sent usage.prompt_tokens_details
     prefill_until: float = 0.0  # monotonic time its prefill backlog (ours) should be done
     duration: float | None = None  # EWMA of a request's duration there, seconds
-    # Most requests the engine ran while others waited (its gauges): its batch size, when
-    # nothing configured says (vLLM does not export max-num-seqs).
-    batch_seen: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,16 +153,18 @@ class CacheAware:
         return self.decide(candidates, request).backend
 
     def slot_wait(self, b: Backend, e: _Entry, default_duration: float) -> float:
-        """Seconds until a batch slot frees for one more request (0 while the batch has room).
+        """Seconds until the engine admits one more request (0 while nothing waits there).
 
-        The batch size is the configured one, else the most the engine was seen running
-        while others waited. Never seen full: nothing waits until its gauges say so."""
-        if b.engine_waiting > 0 and b.engine_running > e.batch_seen:
-            e.batch_seen = int(b.engine_running)
-        cap = engine_capacity(b) or e.batch_seen
+        With a configured batch size: the requests beyond it, each batch-worth costing one
+        request duration there. Without (vLLM does not export max-num-seqs, and a KV cache
+        that is full makes requests wait below it anyway): the engine's own waiting gauge,
+        the queue ahead drained by its running requests, one duration per batch-worth."""
         duration = e.duration if e.duration is not None else default_duration
-        if not cap:
-            return duration * (b.engine_waiting + 1.0) / max(1.0, b.engine_running) if b.engine_waiting else 0.0
+        cap = engine_capacity(b)
+        if cap is None:
+            if b.engine_waiting <= 0:
+                return 0.0
+            return duration * (b.engine_waiting + 1.0) / max(1.0, b.engine_running)
         beyond = load(b) + 1.0 - cap
         return duration * beyond / cap if beyond > 0.0 else 0.0
 
