@@ -52,6 +52,7 @@ from .speed_aware import SpeedAware, engine_capacity
 
 if TYPE_CHECKING:
     from ..backend import Backend
+    from ..prefix import PromptBlocks
     from ..request import Completion, RouteRequest
 
 log = logging.getLogger("gateway.routing.cache_aware")
@@ -84,7 +85,7 @@ class _Entry:
 @dataclass(frozen=True, slots=True)
 class Decision:
     backend: Backend
-    reason: str  # "locality": the cached prefix decided it | "load": it did not
+    reason: str  # "locality": the cached prefix decided it | "load": it did not | "single": no choice
     matched: int  # blocks of the prompt predicted cached on `backend`
     ttft: float = 0.0  # predicted seconds to first token there
     clean: bool = False  # no slot wait predicted: its TTFT measures prefill alone
@@ -168,32 +169,45 @@ class CacheAware:
         beyond = load(b) + 1.0 - cap
         return duration * beyond / cap if beyond > 0.0 else 0.0
 
-    def decide(self, candidates: Sequence[Backend], request: RouteRequest | None) -> Decision:
-        blocks = request.blocks if request is not None else None
-        if blocks is None or blocks.empty:
-            return Decision(self._by_load.choose(candidates), "load", 0)
-        now = self.clock()
-        cfg = self.cfg
+    def _score(self, candidates: Sequence[Backend], blocks: PromptBlocks, now: float
+               ) -> list[tuple[float, int, Backend, int, float, bool]]:
+        """Per candidate: (predicted TTFT s, blocks cached there, backend, rendezvous rank,
+        load, no slot wait)."""
         entries = [self._entry(b, now) for b in candidates]
-        loads = [load(b) for b in candidates]
-        bound = (1.0 + cfg.balance_rel) * (sum(loads) / len(loads)) + cfg.balance_abs
         durations = [e.duration for e in entries if e.duration is not None]
         default_duration = sum(durations) / len(durations) if durations else DEFAULT_DURATION_S
         shared = self.shared.peek(blocks.key) if self._sharing else None
         price = self.prefill.seconds_per_token
-        tokens_per_block = cfg.block_bytes / self.bytes_per_token
+        tokens_per_block = self.cfg.block_bytes / self.bytes_per_token
         prompt_tokens = blocks.size / self.bytes_per_token
         n = len(blocks.hashes)
-
         scored: list[tuple[float, int, Backend, int, float, bool]] = []
-        for b, e, lo in zip(candidates, entries, loads, strict=True):
+        for b, e in zip(candidates, entries, strict=True):
             m = e.index.match(blocks.hashes, now)
             if shared is not None and shared.url == b.url:
                 m = max(m, min(shared.blocks, n))
             uncached = max(0.0, prompt_tokens - m * tokens_per_block)
             wait = self.slot_wait(b, e, default_duration)
             ttft = wait + max(0.0, e.prefill_until - now) + price * uncached
-            scored.append((ttft, m, b, rendezvous(blocks.key, b.url), lo, wait == 0.0))
+            scored.append((ttft, m, b, rendezvous(blocks.key, b.url), load(b), wait == 0.0))
+        return scored
+
+    def predictions(self, candidates: Sequence[Backend], request: RouteRequest) -> dict[Backend, float]:
+        """Each candidate's predicted TTFT for `request`, in seconds (for tests and debugging)."""
+        return {s[2]: s[0] for s in self._score(candidates, request.blocks, self.clock())}
+
+    def decide(self, candidates: Sequence[Backend], request: RouteRequest | None) -> Decision:
+        if len(candidates) == 1:  # nothing to choose (a one-engine pool): no hashing on the hot path
+            self._last = Decision(candidates[0], "single", 0)
+            return self._last
+        blocks = request.blocks if request is not None else None
+        if blocks is None or blocks.empty:
+            return Decision(self._by_load.choose(candidates), "load", 0)
+        now = self.clock()
+        scored = self._score(candidates, blocks, now)
+        loads = [s[4] for s in scored]
+        bound = (1.0 + self.cfg.balance_rel) * (sum(loads) / len(loads)) + self.cfg.balance_abs
+        price, n = self.prefill.seconds_per_token, len(blocks.hashes)
         eligible = [s for s in scored if s[4] <= bound] or scored
         best = min(eligible, key=lambda s: (s[0], -s[3]))
         ties = [s for s in eligible if s[0] - best[0] <= TIE_S]
@@ -220,6 +234,8 @@ class CacheAware:
 
     def on_dispatch(self, backend: Backend, request: RouteRequest) -> None:
         last, self._last = self._last, None
+        if last is not None and last.reason == "single" and last.backend is backend:
+            return  # a lone candidate: what it caches matters only once it has company
         reason = last.reason if last is not None and last.backend is backend else "load"
         backend.cache.routed[reason] = backend.cache.routed.get(reason, 0) + 1
         blocks = request.blocks

@@ -44,6 +44,14 @@ def send(p: CacheAware, bs: list[Backend], req: RouteRequest, done: bool = True)
     return b
 
 
+def dispatch(p: CacheAware, b: Backend, req: RouteRequest) -> None:
+    """The hooks of a request sent to `b` without asking the policy."""
+    b.outstanding += 1
+    p.on_dispatch(b, req)
+    b.outstanding -= 1
+    p.on_complete(b, req, None)
+
+
 def test_every_turn_of_a_conversation_goes_back_to_its_backend() -> None:
     p, bs = policy(), backends()
     for cid in range(12):
@@ -83,8 +91,7 @@ def test_predicted_ttft_is_slot_wait_plus_backlog_plus_uncached_prefill() -> Non
 
 
 def _scores(p: CacheAware, bs: list[Backend], req: RouteRequest) -> dict[Backend, float]:
-    """Each backend's predicted TTFT, read by asking with only that backend as candidate."""
-    return {b: p.decide([b], req).ttft for b in bs}
+    return p.predictions(bs, req)
 
 
 def test_a_hit_is_worth_exactly_the_prefill_it_saves() -> None:
@@ -160,11 +167,12 @@ def test_unrelated_prompts_go_by_load_like_speed_aware() -> None:
 
 def test_prefill_price_is_learnt_from_ttfts() -> None:
     cfg = PrefixRoutingConfig(block_bytes=128, prefill_ms_per_token=0.1)
-    p, bs = CacheAware(cfg=cfg), backends(1)
+    p, bs = CacheAware(cfg=cfg), backends(2)
     b = bs[0]
+    bs[1].outstanding = 5  # busier, so every request goes to b
     for cid in range(40):
         req = conv(cid, 1 + cid % 4)
-        assert p.choose(bs, req) is b  # decided with an idle batch: its TTFT is all prefill
+        assert p.choose([b, bs[1]], req) is b  # decided with an idle batch: its TTFT is all prefill
         b.outstanding += 1
         p.on_dispatch(b, req)
         b.outstanding -= 1
@@ -234,7 +242,7 @@ def test_memory_cap_from_engine_capacity() -> None:
     p, bs = policy(), backends(1)
     bs[0].kv_capacity_tokens = 4096  # x 4 bytes/token / 128 bytes = 128 blocks
     for cid in range(100):
-        send(p, bs, conv(cid, 3))
+        dispatch(p, bs[0], conv(cid, 3))
     idx = p.index(bs[0], 0.0)
     assert idx.max_blocks == 128 and len(idx) <= 128
 
@@ -243,7 +251,7 @@ def test_engine_reported_misses_shrink_the_index() -> None:
     p, bs = policy(), backends(1)
     b = bs[0]
     for cid in range(40):
-        send(p, bs, conv(cid, 2))
+        dispatch(p, b, conv(cid, 2))
     cap0 = p.index(b, 0.0).cap
     req = conv(1, 3)
     b.outstanding += 1
@@ -266,3 +274,11 @@ def test_make_balancer_knows_cache_aware() -> None:
     assert make_balancer("cache_aware").name == "cache_aware"
     with pytest.raises(ValueError, match="cache_aware"):
         make_balancer("nope")
+
+
+def test_a_lone_backend_costs_no_hashing() -> None:
+    p, bs = policy(), backends(1)
+    req = conv(1, 2)
+    assert send(p, bs, req) is bs[0]
+    assert "blocks" not in req.__dict__  # the cached_property was never computed
+    assert bs[0].cache.routed == {}
