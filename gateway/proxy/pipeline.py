@@ -22,14 +22,22 @@ from typing import Any
 import orjson
 
 from ..context import RequestContext
-from ..errors import GatewayError, invalid_api_key, invalid_request, model_not_found, sse_error_event
+from ..errors import (
+    GatewayError,
+    invalid_api_key,
+    invalid_request,
+    model_not_found,
+    service_unavailable,
+    sse_error_event,
+)
 from ..keys.auth import Key, bearer
+from ..routing.backend import Backend
 from ..routing.pool import Pool
 from ..server.asgi import encode_headers
 from ..server.exchange import ClientDisconnected, Exchange
 from ..server.routes import ERROR_BODIES, Route, paths_for
 from ..state import GatewayState
-from . import multipart
+from . import multipart, stored
 from .forward import forward
 from .plan import Form, Plan, make_plan
 
@@ -59,6 +67,7 @@ async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
         body = form.body if form is not None else parse_body(raw)
         pool = resolve(state, ctx.key, body, route)
         describe(ctx, ex, pool, body, route)
+        pinned = await pin_follow_up(state, pool, body) if route.stores else None
         if state.limiter is not None:
             ctx.admission = await state.limiter.admit(ctx.key, ctx)
             limit_headers = state.limiter.headers(ctx.admission)
@@ -66,6 +75,9 @@ async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
             ctx, pool, raw, body, route.upstream_path, ex.headers, encode_headers(limit_headers) or None,
             route=route, form=form,
         )
+        if route.stores:
+            stored.record_ids(plan, ctx, state.affinity)
+            plan.pinned = pinned
         assert state.http is not None
         stopped = await ex.run(forward(state.http, pool, ctx, plan, ex))
         if stopped == "disconnected":
@@ -163,6 +175,20 @@ def resolve(state: GatewayState, key: Key, body: dict[str, Any], route: Route) -
             code="model_not_supported_on_endpoint",
         )
     return pool
+
+
+async def pin_follow_up(state: GatewayState, pool: Pool, body: dict[str, Any]) -> Backend | None:
+    """The backend holding the response that `previous_response_id` continues, if known."""
+    prev = body.get("previous_response_id")
+    if not isinstance(prev, str) or not prev:
+        return None
+    b = await stored.pin(state.affinity, state.pools, pool, prev, "previous_response_id")
+    if b is not None and not b.routable:
+        raise service_unavailable(
+            f"The engine holding response {prev!r} (backend `{b.id}`) is not ready; retry shortly.",
+            code="stored_response_unavailable",
+        )
+    return b
 
 
 def describe(ctx: RequestContext, ex: Exchange, pool: Pool, body: dict[str, Any], route: Route) -> None:

@@ -25,6 +25,7 @@ from .engine_errors import normalize_error
 from .usage import Usage
 
 if TYPE_CHECKING:
+    from ..routing.backend import Backend
     from ..server.routes import Route
 
 # Rewrites applied to each relayed event / non-stream body (model names, reasoning).
@@ -64,6 +65,8 @@ class Plan:
     content_type: str = "application/json"
     # The body for an engine serving `model` under this name; None: the JSON `model` edit.
     retarget: Callable[[str], bytes] | None = None
+    # The one backend that may serve this request (it holds the stored response it names).
+    pinned: Backend | None = None
 
 
 @dataclass(frozen=True, slots=True)
