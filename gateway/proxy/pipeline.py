@@ -37,7 +37,7 @@ from ..server.asgi import encode_headers
 from ..server.exchange import ClientDisconnected, Exchange
 from ..server.routes import ERROR_BODIES, Route, paths_for
 from ..state import GatewayState
-from . import multipart, stored
+from . import audio, multipart, stored
 from .forward import forward
 from .plan import Form, Plan, make_plan
 
@@ -67,6 +67,8 @@ async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
         body = form.body if form is not None else parse_body(raw)
         pool = resolve(state, ctx.key, body, route)
         describe(ctx, ex, pool, body, route)
+        if form is not None:
+            ctx.audio_upload, ctx.audio_seconds = True, form.audio_seconds
         pinned = await pin_follow_up(state, pool, body) if route.stores else None
         if state.limiter is not None:
             ctx.admission = await state.limiter.admit(ctx.key, ctx)
@@ -152,7 +154,10 @@ def parse_form(ex: Exchange, raw: bytes) -> Form:
     if "stream" in body:
         # Form values are strings; `describe` expects JSON's boolean.
         body["stream"] = body["stream"].strip().lower() == "true"
-    return Form(parts=parts, body=body)
+    upload = next((p for p in parts if p.name == "file" and p.filename is not None), None)
+    # A header read at fixed offsets (no decoding): meters the audio when the engine won't.
+    seconds = audio.duration(memoryview(raw)[upload.start : upload.end]) if upload is not None else None
+    return Form(parts=parts, body=body, audio_seconds=seconds)
 
 
 def resolve(state: GatewayState, key: Key, body: dict[str, Any], route: Route) -> Pool:

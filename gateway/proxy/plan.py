@@ -75,6 +75,7 @@ class Form:
 
     parts: list[multipart.Part]
     body: dict[str, Any]
+    audio_seconds: float | None = None  # the `file` part's duration, from its header
 
 
 def make_plan(
