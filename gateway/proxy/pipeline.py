@@ -45,7 +45,7 @@ log = logging.getLogger("gateway.inference")
 
 
 # A multipart form's fields the pipeline reads (model routing, streaming, the user).
-_FORM_FIELDS = ("model", "stream", "user")
+_FORM_FIELDS = ("model", "stream", "user", "stream_include_usage")
 _KIND_NAMES = {
     "chat": "a chat/completion model",
     "embedding": "an embedding model",
@@ -151,13 +151,14 @@ def parse_form(ex: Exchange, raw: bytes) -> Form:
     parts = multipart.parts(raw, bound)
     fields = multipart.text_fields(raw, parts)
     body: dict[str, Any] = {k: fields[k] for k in _FORM_FIELDS if k in fields}
-    if "stream" in body:
-        # Form values are strings; `describe` expects JSON's boolean.
-        body["stream"] = body["stream"].strip().lower() == "true"
+    for flag in ("stream", "stream_include_usage"):
+        if flag in body:
+            # Form values are strings; `describe` expects JSON's booleans.
+            body[flag] = body[flag].strip().lower() == "true"
     upload = next((p for p in parts if p.name == "file" and p.filename is not None), None)
     # A header read at fixed offsets (no decoding): meters the audio when the engine won't.
     seconds = audio.duration(memoryview(raw)[upload.start : upload.end]) if upload is not None else None
-    return Form(parts=parts, body=body, audio_seconds=seconds)
+    return Form(parts=parts, body=body, boundary=bound, audio_seconds=seconds)
 
 
 def resolve(state: GatewayState, key: Key, body: dict[str, Any], route: Route) -> Pool:
@@ -206,7 +207,9 @@ def describe(ctx: RequestContext, ex: Exchange, pool: Pool, body: dict[str, Any]
     ctx.stream = bool(stream) and route.streams
     ctx.usage_needs_end = ctx.stream and route.usage.partial_until_end
     opts = body.get("stream_options")
-    ctx.include_usage_requested = isinstance(opts, dict) and opts.get("include_usage") is True
+    ctx.include_usage_requested = (isinstance(opts, dict) and opts.get("include_usage") is True) or (
+        body.get("stream_include_usage") is True  # the form field of transcription streams
+    )
     user = body.get("user")
     ctx.user = user if isinstance(user, str) and user else ex.header(b"x-openwebui-user-id")
 

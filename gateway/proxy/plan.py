@@ -75,6 +75,7 @@ class Form:
 
     parts: list[multipart.Part]
     body: dict[str, Any]
+    boundary: bytes = b""
     audio_seconds: float | None = None  # the `file` part's duration, from its header
 
 
@@ -102,7 +103,7 @@ def make_plan(
         plan.upstream_root = route.upstream_root
         inject_usage = route.stream.inject_usage
     if form is not None:
-        _form(plan, form, client_headers)
+        _form(plan, ctx, form, client_headers)
     if ctx.stream and inject_usage and not ctx.include_usage_requested:
         # Meter streams exactly: ask the engine for its usage chunk, hide it from the client.
         plan.body = bodyedit.with_include_usage(raw, body, pool.cfg.asks_continuous_usage)
@@ -121,11 +122,16 @@ def make_plan(
     return plan
 
 
-def _form(plan: Plan, form: Form, client_headers: RawHeaders) -> None:
+def _form(plan: Plan, ctx: RequestContext, form: Form, client_headers: RawHeaders) -> None:
     # The upload goes out as it came: its own content-type (boundary) and bytes, with
     # only the `model` field's value changed when the engine serves another name.
     plan.content_type = next((v.decode("latin-1") for k, v in client_headers if k == b"content-type"), "")
     raw, requested = plan.body, form.body.get("model")
+    if ctx.stream and not ctx.include_usage_requested and form.parts:
+        # Meter the stream exactly: vLLM's form field for stream usage, added after the
+        # file (whose bytes do not move), and its usage chunk hidden from the client.
+        raw = plan.body = multipart.with_added_field(raw, form.parts, form.boundary, "stream_include_usage", "true")
+        plan.strip_usage = True
 
     def retarget(served: str) -> bytes:
         return raw if served == requested else multipart.with_field(raw, form.parts, "model", served)

@@ -384,6 +384,26 @@ def test_transcription_errors_are_openai_shaped(cluster: dict[str, Any]) -> None
     assert e.value.body["code"] == "model_not_supported_on_endpoint"  # type: ignore[index]
 
 
+def test_transcription_stream_usage_is_asked_for_metered_exactly_and_hidden(cluster: dict[str, Any]) -> None:
+    gw, asr = cluster["gw"], cluster["asr"]
+    before, since = gw.state.meter.recorded, time.time()
+    p0, g0 = engine_tokens(asr)
+    with oai(gw) as c:
+        plain = [e.to_dict() for e in c.audio.transcriptions.create(
+            model="asr", file=("a.wav", io.BytesIO(wav(3.0)), "audio/wav"), stream=True)]
+        asked = [e.to_dict() for e in c.audio.transcriptions.create(
+            model="asr", file=("a.wav", io.BytesIO(wav(2.0)), "audio/wav"), stream=True,
+            extra_body={"stream_include_usage": True})]
+    # The gateway asked for the usage chunk on the first and hid it; the client's own request shows it.
+    assert not any("usage" in e for e in plain) and all(e["choices"] for e in plain)
+    assert asked[-1]["choices"] == [] and asked[-1]["usage"]["completion_tokens"] > 0
+    settled(gw, before + 2)
+    rows = ledger(gw, since)
+    p1, g1 = engine_tokens(asr)
+    assert not any(r.estimated for r in rows)
+    assert sum(r.prompt_tokens for r in rows) == p1 - p0 and sum(r.completion_tokens for r in rows) == g1 - g0 > 0
+
+
 def test_transcriptions_bill_audio_seconds_from_the_engine_else_the_file_header(cluster: dict[str, Any]) -> None:
     gw = cluster["gw"]
     before, since = gw.state.meter.recorded, time.time()
