@@ -69,6 +69,8 @@ async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
         describe(ctx, ex, pool, body, route)
         if form is not None:
             ctx.audio_upload, ctx.audio_seconds = True, form.audio_seconds
+            # Transcription streams ask for usage with a form field, not `stream_options`.
+            ctx.include_usage_requested = form.body.get("stream_include_usage") is True
         pinned = await pin_follow_up(state, pool, body) if route.stores else None
         if state.limiter is not None:
             ctx.admission = await state.limiter.admit(ctx.key, ctx)
@@ -207,9 +209,7 @@ def describe(ctx: RequestContext, ex: Exchange, pool: Pool, body: dict[str, Any]
     ctx.stream = bool(stream) and route.streams
     ctx.usage_needs_end = ctx.stream and route.usage.partial_until_end
     opts = body.get("stream_options")
-    ctx.include_usage_requested = (isinstance(opts, dict) and opts.get("include_usage") is True) or (
-        body.get("stream_include_usage") is True  # the form field of transcription streams
-    )
+    ctx.include_usage_requested = isinstance(opts, dict) and opts.get("include_usage") is True
     user = body.get("user")
     ctx.user = user if isinstance(user, str) and user else ex.header(b"x-openwebui-user-id")
 

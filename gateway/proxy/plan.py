@@ -126,15 +126,21 @@ def _form(plan: Plan, ctx: RequestContext, form: Form, client_headers: RawHeader
     # The upload goes out as it came: its own content-type (boundary) and bytes, with
     # only the `model` field's value changed when the engine serves another name.
     plan.content_type = next((v.decode("latin-1") for k, v in client_headers if k == b"content-type"), "")
-    raw, requested = plan.body, form.body.get("model")
+    raw, requested, parts = plan.body, form.body.get("model"), form.parts
     if ctx.stream and not ctx.include_usage_requested and form.parts:
-        # Meter the stream exactly: vLLM's form field for stream usage, added after the
-        # file (whose bytes do not move), and its usage chunk hidden from the client.
-        raw = plan.body = multipart.with_added_field(raw, form.parts, form.boundary, "stream_include_usage", "true")
+        # Meter the stream exactly: vLLM's form field for stream usage (set, or added after
+        # the file, whose bytes do not move), and its usage chunk hidden from the client.
+        flag = "stream_include_usage"
+        if flag in form.body:  # the client sent `false`: the parts after it move, find them again
+            raw = multipart.with_field(raw, form.parts, flag, "true")
+            parts = multipart.parts(raw, form.boundary)
+        else:
+            raw = multipart.with_added_field(raw, form.parts, form.boundary, flag, "true")
+        plan.body = raw
         plan.strip_usage = True
 
     def retarget(served: str) -> bytes:
-        return raw if served == requested else multipart.with_field(raw, form.parts, "model", served)
+        return raw if served == requested else multipart.with_field(raw, parts, "model", served)
 
     plan.retarget = retarget
 

@@ -404,6 +404,30 @@ def test_transcription_stream_usage_is_asked_for_metered_exactly_and_hidden(clus
     assert sum(r.prompt_tokens for r in rows) == p1 - p0 and sum(r.completion_tokens for r in rows) == g1 - g0 > 0
 
 
+def test_transcription_stream_with_usage_false_before_the_model_field(cluster: dict[str, Any]) -> None:
+    # The gateway turns the client's `false` into `true` (one byte shorter): the `model` field
+    # after it moves, and its rewrite to the engine's name must still hit the right bytes.
+    gw = cluster["gw"]
+    before, since = gw.state.meter.recorded, time.time()
+    b = "XbOuNdArY"
+
+    def field(name: str, value: str) -> bytes:
+        return f"--{b}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n".encode()
+
+    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+            f"Content-Type: audio/wav\r\n\r\n").encode() + wav(1.0) + b"\r\n" + field("stream", "true") + field(
+        "stream_include_usage", "false") + field("model", "whisper-1") + f"--{b}--\r\n".encode()
+    headers = {**CLIENT, "content-type": f"multipart/form-data; boundary={b}"}
+    with httpx.stream("POST", cluster["gw"].base_url + "/audio/transcriptions", content=body, headers=headers,
+                      timeout=20) as r:
+        assert r.status_code == 200
+        lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and not any('"usage"' in ln for ln in lines)
+    settled(gw, before + 1)
+    (rec,) = ledger(gw, since)
+    assert not rec.estimated and rec.completion_tokens > 0 and rec.model == "whisper-1"
+
+
 def test_transcriptions_bill_audio_seconds_from_the_engine_else_the_file_header(cluster: dict[str, Any]) -> None:
     gw = cluster["gw"]
     before, since = gw.state.meter.recorded, time.time()
