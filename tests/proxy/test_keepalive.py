@@ -26,6 +26,7 @@ def _cfg(tmp: Path, keepalive: str, pools: dict[str, str], server_extra: str = "
     args: [--ttft-ms, "5", --itl-ms, "5", --output-tokens, "8", {args}]
     start: on_demand
     startup_timeout: {timeout}
+    queue: {{timeout: 1}}  # a load's wait is the longer of this and startup_timeout
     health: {{interval: 0.2}}
 """ for name, (args, timeout) in ((n, v.split("|")) for n, v in pools.items()))
     server = f"server:\n  stream_keepalive: {keepalive}\n{server_extra}" if keepalive else ""
