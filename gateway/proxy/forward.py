@@ -72,11 +72,14 @@ async def _forward(
     tried: set[Backend] = set()
     last_error: GatewayError | None = None
     request = pool.route_request(ctx.endpoint, plan.parsed)
-    for attempt in range(pool.cfg.retries + 1):
+    # A pinned request has one possible backend: every other one is excluded, and a
+    # retry elsewhere could only be answered "not found".
+    others = frozenset(b for b in pool.backends if b is not plan.pinned) if plan.pinned is not None else frozenset()
+    for attempt in range(pool.cfg.retries + 1 if plan.pinned is None else 1):
         if every is None:
-            backend = await pool.acquire(request, frozenset(tried))
+            backend = await pool.acquire(request, others | tried)
         else:
-            backend = await keepalive.acquire(pool, request, frozenset(tried), every=every, ctx=ctx, out=out,
+            backend = await keepalive.acquire(pool, request, others | tried, every=every, ctx=ctx, out=out,
                                               headers=_stream_headers([], ctx, plan), early=early)
         ctx.backend = backend
         ctx.attempts = attempt + 1
