@@ -263,10 +263,11 @@ class PoolConfig(_Model):
     # from their /v1/models (the gateway asks external endpoints at start-up).
     upstream_model: str | None = None
     max_concurrency: int = Field(64, ge=1)
-    # cache_aware: least predicted TTFT, counting what each engine holds in its prefix cache
-    # (issue #15; benchmarks/RESULTS.md). speed_aware: shortest expected delay (queue x
-    # observed speed), the previous default. The others are kept as baselines.
-    balancer: BalancerName = "cache_aware"
+    # speed_aware: shortest expected delay (queue x observed speed); equals shortest queue
+    # until speeds are known. cache_aware: least predicted TTFT counting each engine's prefix
+    # cache (issue #15; not the default until measured on real engines, see README). The
+    # others are kept as baselines for the benchmarks.
+    balancer: BalancerName = "speed_aware"
     prefix_routing: PrefixRoutingConfig = Field(default_factory=PrefixRoutingConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
