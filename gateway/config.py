@@ -329,6 +329,11 @@ class SwapConfig(_Model):
     # A wake costs seconds and a cold start minutes: 30 s of service per turn keeps the
     # swap overhead a small share of the time even with two pools always asking.
     min_residency: float = Field(30.0, ge=0)
+    # ...and at least this many times what the swap that brought it in cost (measured: the
+    # previous resident's sleep or stop plus its own wake or cold load), so the device's time
+    # lost to swapping stays under 1/(1+cost_factor) of it whatever the arrival pattern: a
+    # model that took 5 s to load keeps its turn longer than one that woke in 0.3 s. 0: off.
+    cost_factor: float = Field(2.0, ge=0)
     # The resident leaves only after a pause this long in its traffic (nothing queued or in
     # flight): its users are between conversations, not waiting for the next turn.
     idle_grace: float = Field(2.0, ge=0)

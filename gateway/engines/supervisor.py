@@ -310,6 +310,8 @@ class Supervisor:
                 metrics.engine_loaded(e.pool_name, e.last_load)
             elif metrics is not None and old is S.WAKING and e.last_wake is not None:
                 metrics.engine_woken(e.pool_name, e.last_wake)
+        if new is S.FAILED:
+            self.residency.start_failed(e)  # requests waiting for it are answered now
         if new is S.STARTING and not self._stopping:
             if self._batch_started is None:
                 self._batch_started = time.monotonic()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -214,14 +215,86 @@ def test_engine_that_refuses_the_sleep_flag_at_start_runs_without_it(tmp_path: P
 
 
 def test_request_waiting_for_a_start_gets_a_503_with_retry_after_at_the_startup_timeout(tmp_path: Path) -> None:
-    # The engine takes 30 s to load but the spec allows 1.5 s: the waiting request is
-    # answered 503 (OpenAI-shaped, Retry-After) once the start-up budget is spent.
+    # The engine takes 30 s to load but the spec allows 1.5 s: the start fails at its
+    # deadline and the waiting request is answered 503 (OpenAI-shaped, Retry-After) with why.
     args = '--ttft-ms, "5", --itl-ms, "5", --startup-seconds, "30"'
     pool = _pool("a", "queue: {timeout: 0.5}", args).replace("startup_timeout: 30", "startup_timeout: 1.5")
     with GatewayServer(_cfg(tmp_path, pool)) as gw:
-        r = httpx.post(gw.base_url + "/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-                       json={"model": "a", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
-        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
-        err = r.json()["error"]
-        assert set(err) == {"message", "type", "param", "code"} and "no ready backend" in err["message"]
-        assert _row(gw, "a")["state"] in ("starting", "failed")  # its start is still being attempted
+        r = _post(gw, "a")
+        assert _start_failed(r, "a", "not ready after 1.5s") >= 1
+        assert _row(gw, "a")["state"] == "failed"
+
+
+def _post(gw: GatewayServer, model: str) -> httpx.Response:
+    return httpx.post(gw.base_url + "/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                      json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+                      timeout=60)  # fmt: skip
+
+
+def _start_failed(r: httpx.Response, pool: str, why: str) -> float:
+    """Checks the fast-fail answer; returns its Retry-After."""
+    assert r.status_code == 503, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["code"] == "engine_start_failed" and err["type"] == "server_error"
+    assert f"Pool `{pool}`" in err["message"] and why in err["message"], err["message"]
+    return float(r.headers["retry-after"])
+
+
+def test_a_start_that_fails_outright_answers_the_waiting_request_at_once_then_backs_off(tmp_path: Path) -> None:
+    # The binary does not exist. The startup budget is 60 s; the request must not wait it out.
+    # Backoff 2 s: a second request inside it is answered without a launch; one after it
+    # launches again (and fails again: the backoff doubles).
+    pool = _pool("a", "command: [/nonexistent/bin/engine]").replace("startup_timeout: 30", "startup_timeout: 60")
+    cfg = _cfg(tmp_path, pool).replace("restart_backoff_initial: 0.2", "restart_backoff_initial: 2")
+    with GatewayServer(cfg) as gw:
+        t0 = time.monotonic()
+        retry = _start_failed(_post(gw, "a"), "a", "/nonexistent/bin/engine")
+        assert time.monotonic() - t0 < 20  # the budget is 60 s: answered when the start failed
+        row = _row(gw, "a")
+        assert row["state"] == "failed" and row["pid"] is None and 1 <= retry <= 2
+        [engine] = gw.state.supervisor.engines
+        launches = sum(1 for line in engine.log.tail(100) if "start: /nonexistent/bin/engine" in line)
+        assert launches == 1
+
+        _start_failed(_post(gw, "a"), "a", "/nonexistent/bin/engine")  # inside the backoff
+        assert sum(1 for line in engine.log.tail(100) if "start: /nonexistent/bin/engine" in line) == 1  # not relaunched
+
+        assert wait_until(lambda: (_row(gw, "a")["retry_in"] or 0) == 0, timeout=5)
+        retry = _start_failed(_post(gw, "a"), "a", "/nonexistent/bin/engine")  # after it: one more try
+        assert sum(1 for line in engine.log.tail(100) if "start: /nonexistent/bin/engine" in line) == 2
+        assert 2 < retry <= 4  # the backoff doubled
+        assert gw.state.supervisor.engines[0].restarts == 0  # on-demand retries are not restarts
+
+
+def test_an_engine_that_exits_before_ready_fails_its_waiters_fast_then_recovers(tmp_path: Path) -> None:
+    # The engine exits during start-up (as vLLM does on a bad flag) while three requests
+    # wait: all three get the 503 with the exit in its message. Once the cause is gone
+    # (here: a marker file) the next request after the backoff starts it and is served.
+    marker = tmp_path / "broken"
+    marker.write_text("x")
+    script = tmp_path / "engine.py"
+    script.write_text(
+        "import os, sys\n"
+        f"if os.path.exists({str(marker)!r}):\n"
+        "    print('ValueError: unrecognized arguments: --bad-flag', flush=True)\n"
+        "    sys.exit(2)\n"
+        "from gateway.sim.__main__ import main\n"
+        "sys.exit(main())\n"
+    )
+    extra = f"command: [{sys.executable}, {script}]"
+    with GatewayServer(_cfg(tmp_path, _pool("a", extra))) as gw:
+        import concurrent.futures
+
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(3) as ex:
+            answers = list(ex.map(lambda _: _post(gw, "a"), range(3)))
+        assert time.monotonic() - t0 < 15  # budget 30 s
+        for r in answers:
+            _start_failed(r, "a", "exit")
+        assert "unrecognized arguments" in _row(gw, "a")["last_error"]
+        marker.unlink()
+        assert wait_until(lambda: (_row(gw, "a")["retry_in"] or 0) == 0, timeout=5)
+        r = _post(gw, "a")
+        assert r.status_code == 200, r.text
+        assert _row(gw, "a")["state"] == "ready"
