@@ -140,6 +140,7 @@ class EngineProcess:
         self._activated = asyncio.Event()
         self.ended = False  # stopped by the supervisor: never starts again
         self.sleep_level = spec.sleep  # 0 once the engine refused to sleep: stop instead
+        self._slept_at_level = 0  # the level of the current sleep: decides how to wake
         self.parked_at: float | None = None  # monotonic, when it last left the device
         self.failures = 0  # consecutive failed starts or unstable runs, for the backoff
         # Started by requests and its start failed: the monotonic time from which a request
@@ -298,6 +299,7 @@ class EngineProcess:
             if self.sleep_level:
                 problem = await self._sleep()
                 if problem is None:
+                    self._slept_at_level = self.sleep_level
                     self.last_park = time.monotonic() - parking
                     self.transition(S.SLEEPING, outcome.reason)
                     woke = await self._asleep()
@@ -352,10 +354,15 @@ class EngineProcess:
         self._activated.clear()
         root = f"http://127.0.0.1:{self.port}"
         headers = health.auth_headers(self.launch.api_key if self.launch else None)
-        await self.log.note("wake up")
-        problem = await sleepmode.wake(self._session(), root, headers, self.spec.wake_timeout)
+        level = self._slept_at_level
+        await self.log.note("wake up" + (" and reload the weights (level 2)" if level >= 2 else ""))
+        problem = await sleepmode.wake(self._session(), root, level, headers, self.spec.wake_timeout)
         if problem is not None:
-            self.backend.last_error = f"wake failed, restarting: {problem}"
+            if problem.reload_unsupported:
+                # Its weights can never come back without a restart: stop it instead from now on.
+                await self.log.note("the engine cannot reload weights: stopping instead of sleeping from now on")
+                self.sleep_level = 0
+            self.backend.last_error = f"wake failed, restarting: {problem.message}"
             return self.backend.last_error
         self.transition(S.READY, "awake")
         return None

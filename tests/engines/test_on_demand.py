@@ -298,3 +298,41 @@ def test_an_engine_that_exits_before_ready_fails_its_waiters_fast_then_recovers(
         r = _post(gw, "a")
         assert r.status_code == 200, r.text
         assert _row(gw, "a")["state"] == "ready"
+
+
+def test_level_2_sleep_wakes_by_reloading_the_weights(tmp_path: Path) -> None:
+    # Level 2 drops the weights. A plain /wake_up would leave the engine serving from empty
+    # memory; the gateway wakes the weights' memory, reloads them, then wakes the KV cache.
+    args = ('--ttft-ms, "5", --itl-ms, "5", --startup-seconds, "1", --wake-seconds-level2, "0.5",'
+            ' --sleep-seconds, "0.05"')
+    with GatewayServer(_cfg(tmp_path, _pool("a", "sleep: 2\n    idle_timeout: 0.5", args))) as gw:
+        c = openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+        assert _chat(c, "a") == "length"
+        assert wait_until(lambda: _row(gw, "a")["state"] == "sleeping", timeout=10)
+        sim = _sim_state(gw, "a")["sleep"]
+        assert sim["level"] == 2 and sim["weights_valid"] is False
+        assert _chat(c, "a") == "length"
+        row = _row(gw, "a")
+        assert row["restarts"] == 0 and row["sleep_level"] == 2
+        sim = _sim_state(gw, "a")["sleep"]
+        assert sim["weights_valid"] is True and sim["served_without_weights"] == 0
+        ops = [(t["op"], t["tags"]) for t in sim["transitions"]]
+        assert ops[-4:] == [("sleep", None), ("wake_up", ["weights"]), ("reload_weights", None), ("wake_up", ["kv_cache"])]
+        assert 0.4 <= row["last_wake_seconds"] < row["last_load_seconds"]  # the reload is most of it
+
+
+def test_level_2_sleep_on_an_engine_that_cannot_reload_weights_restarts_then_stops_instead(tmp_path: Path) -> None:
+    wrapper = Path(__file__).with_name("no_reload.py")
+    extra = f"sleep: 2\n    idle_timeout: 0.5\n    command: [{sys.executable}, {wrapper}]"
+    with GatewayServer(_cfg(tmp_path, _pool("a", extra))) as gw:
+        c = openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+        assert _chat(c, "a") == "length"
+        assert wait_until(lambda: _row(gw, "a")["state"] == "sleeping", timeout=10)
+        pid = _row(gw, "a")["pid"]
+        assert _chat(c, "a") == "length"  # served by a restarted engine, never by the weightless one
+        row = _row(gw, "a")
+        assert row["pid"] != pid and row["restarts"] == 1 and row["sleep_level"] == 0
+        assert "--enable-sleep-mode" not in row["argv"]
+        assert "reload_weights answered 404" in (row["last_error"] or "")
+        assert _sim_state(gw, "a")["sleep"]["served_without_weights"] == 0
+        assert wait_until(lambda: _row(gw, "a")["state"] == "stopped", timeout=10)  # idle: stopped now
