@@ -425,7 +425,8 @@ class EngineProcess:
         await self.log.note(f"pid {self.proc.pid}, port {self.port}, devices {','.join(self.devices) or '-'}")
         ready = asyncio.ensure_future(
             health.wait_ready(
-                self._session(), self._target(), launch.served_names[0], self.spec.startup_timeout
+                self._session(), self._target(), launch.served_names[0], self.spec.startup_timeout,
+                waited=self.demand_started,
             )
         )
         exited = asyncio.ensure_future(self.proc.wait())
@@ -620,6 +621,7 @@ class EngineProcess:
             else None,
             "last_load_seconds": None if self.last_load is None else round(self.last_load, 2),
             "last_wake_seconds": None if self.last_wake is None else round(self.last_wake, 2),
+            "last_park_seconds": None if self.last_park is None else round(self.last_park, 3),
             "served_model": self.backend.served_model,
             "argv": self.launch.display_argv() if self.launch else None,
         }

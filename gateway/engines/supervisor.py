@@ -384,7 +384,10 @@ class Supervisor:
             for b in pool.backends:
                 e = next((x for x in self.engines if x.backend is b), None)
                 if e is not None:
-                    rows.append(e.status())
+                    row = e.status()
+                    # A resident on shared devices: the least time it keeps them once READY.
+                    row["turn_seconds"] = round(self.residency.turn(e), 2) if e.spec.devices else None
+                    rows.append(row)
                     listed.add(e)
                     continue
                 probe = self.probes.get(b.id)
