@@ -16,8 +16,8 @@ in the other scenarios); one request for each model first (A, then B: both engin
 loaded once, as in a gateway that has been up a while), then the trace, open-loop.
 
 Configurations: swap policy `residency` (min_residency 2 s, idle_grace 1 s, max_defer 15 s,
-cost_factor 2 (the default): a turn lasts at least 2 x the measured cost of the swap that began
-it, so ~1-1.5 s after a wake (min_residency wins) and ~10-12 s after a stop + cold load) vs
+cost_factor 2 (the default): a turn lasts at least 2 x the measured cost of the swap that ends
+it, so 2 s (min_residency) before a ~0.7 s sleep + wake, ~10-12 s before a stop + cold load) vs
 `fcfs` (swap as soon as another model is asked for, after draining), each with sleep mode
 (sleep level 1 / wake) and without (stop / start). All four run in one invocation on the same
 trace (same seed).

@@ -149,7 +149,6 @@ class EngineProcess:
         # Timings of the last cold load and wake (seconds), read by the supervisor's metrics.
         self.last_load: float | None = None
         self.last_wake: float | None = None
-        self.last_activation: float | None = None  # the last of the two: how it got READY most recently
         self.last_park: float | None = None  # its last sleep or stop, after the drain
         self._unhealthy_timer: asyncio.TimerHandle | None = None
 
@@ -204,10 +203,10 @@ class EngineProcess:
             self.parked_at = now
         took = ""
         if new is S.READY and old is S.STARTING and self.started_at:
-            self.last_load = self.last_activation = now - self.started_at
+            self.last_load = now - self.started_at
             took = f" after {self.last_load:.1f}s"
         elif new is S.READY and old is S.WAKING and self._wake_began is not None:
-            self.last_wake = self.last_activation = now - self._wake_began
+            self.last_wake = now - self._wake_began
             took = f" after {self.last_wake:.2f}s"
         first_line = reason.splitlines()[0] if reason else ""
         detail = f" ({first_line})" if first_line else ""

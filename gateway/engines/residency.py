@@ -16,18 +16,19 @@ Policy (engines.swap):
   comes first and the sleep itself is sent with mode=wait.
 - `residency` (default) evicts a holder only when (1) its turn is over: it has been READY
   for `min_residency` seconds and for `cost_factor` times the measured cost of the swap
-  that brought it in (the previous holder's sleep or stop plus its own wake or cold load),
-  and (2) its pool has nothing queued or in flight and has been idle for `idle_grace`
+  that would end it (its own last sleep or stop plus the wanted engine's last wake, if it
+  sleeps, or cold load, if it is stopped; an unmeasured part counts 0), and (2) its pool has nothing queued or in flight and has been idle for `idle_grace`
   seconds (its users are between requests, not mid-conversation); or when the wanted pool
   has waited `max_defer` seconds, whatever the resident is doing (so a busy resident
   cannot starve it: max_defer is the operator's bound and wins over the turn). `fcfs`
   evicts as soon as the holder is READY: the baseline the benchmark compares against.
 - Why the turn scales with the swap's cost: a swap leaves the device serving nobody for
-  its whole cost C. A turn of at least k*C (k = cost_factor) keeps that lost time under
-  1/(1+k) of the device's time under any arrival pattern (k=2: the device serves at least
-  two thirds of the time), so a model that cold-loads in 5 s keeps the device ~10 s per
-  turn while one that wakes in 0.3 s is bounded by min_residency alone. A fixed
-  min_residency would be too long for wakes or too short for cold loads.
+  its whole cost C. If every turn lasts at least k*C of the swap that ends it
+  (k = cost_factor), that lost time stays under 1/(1+k) of the device's time under any
+  arrival pattern (k=2: the device serves at least two thirds of the time). So a resident
+  that would make way for a 5 s cold load keeps the device ~10 s, one that would make way
+  for a 0.3 s wake is bounded by min_residency alone: a fixed min_residency would be too
+  long for wakes or too short for cold loads.
 - A-B-A-B (two pools that keep alternating): a turn lasts as above and ends at the
   resident's first `idle_grace` pause after that (at the latest `max_defer` after the
   other pool first asked). Requests for the absent pool accumulate meanwhile and are
@@ -78,9 +79,6 @@ class Residency:
         self.sup = sup
         self.swaps: Counter[str] = Counter()  # pool swapped in -> times
         self._wanted_since: dict[str, float] = {}  # pool -> monotonic time it first had to wait
-        # pool -> engines parked to make room for it; their park time is part of its swap's cost
-        self._evicted: dict[str, list[EngineProcess]] = {}
-        self._swap_cost: dict[EngineProcess, float] = {}  # resident -> what its arrival cost (s)
 
     # --- the pool's demand hook (routing.pool.Demand) ---
 
@@ -177,32 +175,27 @@ class Residency:
                 continue
             blockers = [b for e in mine for b in self._blockers(e)]
             if not blockers:
-                displaced = self._evicted.pop(name, [])
-                park_cost = max((b.last_park or 0.0 for b in displaced), default=0.0)
                 for e in mine:
-                    if e.activate(f"{pool.queued} request(s) waiting"):
-                        self._swap_cost[e] = park_cost  # its own wake or load is added once READY
+                    e.activate(f"{pool.queued} request(s) waiting")
                 del self._wanted_since[name]
                 continue
             reserved |= wants
             if not all(b.state in SERVING for b in blockers):
                 due.append(now + PENDING_TICK)  # still starting, waking or draining
                 continue
-            when = self._evict_at(blockers, since, now)
+            when = self._evict_at(blockers, mine, since, now)
             if when > now:
                 due.append(when)
                 continue
             self.swaps[name] += 1
             drain = self.sup.state.config.server.drain_seconds
-            leaving = list({id(b): b for b in blockers}.values())
-            self._evicted[name] = leaving
-            for b in leaving:
+            for b in {id(b): b for b in blockers}.values():
                 log.info("swap: %s leaves %s for %s", b.id, ",".join(b.devices), name)
                 b.park(f"swapped out for {name}", drain)
         due += self._park_idle(now)
         return max(0.0, min(due) - now) if due else None
 
-    def _evict_at(self, blockers: list[EngineProcess], since: float, now: float) -> float:
+    def _evict_at(self, blockers: list[EngineProcess], wanted: list[EngineProcess], since: float, now: float) -> float:
         cfg = self.sup.settings.swap
         if cfg.policy == "fcfs":
             return now
@@ -216,17 +209,21 @@ class Residency:
             if pool is not None and (pool.queued or pool.outstanding):
                 return min(now + PENDING_TICK, forced)  # still in use: its requests first
             idle_since = max(pool.last_release if pool is not None else 0.0, ready)
-            when = max(when, ready + self.turn(b), idle_since + cfg.idle_grace)
+            when = max(when, ready + self.turn(b, wanted), idle_since + cfg.idle_grace)
         return min(when, forced)
 
-    def turn(self, e: EngineProcess) -> float:
-        """The least time `e` keeps its devices once READY (see the module docstring)."""
+    def turn(self, resident: EngineProcess, wanted: list[EngineProcess]) -> float:
+        """The least time `resident` keeps its devices once READY before making way for
+        `wanted` (see the module docstring): min_residency, or cost_factor times the measured
+        cost of that swap if longer."""
         cfg = self.sup.settings.swap
-        arrival = e.last_activation
-        if arrival is None:
-            return cfg.min_residency
-        cost = arrival + self._swap_cost.get(e, 0.0)
+        cost = (resident.last_park or 0.0) + max((_activation(w) for w in wanted), default=0.0)
         return max(cfg.min_residency, cfg.cost_factor * cost)
+
+    def shown_turn(self, e: EngineProcess) -> float | None:
+        """For status: `e`'s turn against the costliest engine that shares its devices."""
+        sharers = [x for x in self.sup.live() if x.pool_name != e.pool_name and set(e.devices) & set(x.devices)]
+        return self.turn(e, sharers) if sharers else None
 
     def _park_idle(self, now: float) -> list[float]:
         due: list[float] = []
@@ -274,3 +271,11 @@ class Residency:
     def _shares(self, e: EngineProcess) -> bool:
         mine = set(e.devices)
         return any(x.pool_name != e.pool_name and mine & set(x.devices) for x in self.sup.live())
+
+
+def _activation(e: EngineProcess) -> float:
+    """What bringing `e` back would cost, as last measured: a wake if it sleeps, else a cold
+    load (0 when never measured: min_residency covers it)."""
+    if e.state is S.SLEEPING:
+        return e.last_wake or 0.0
+    return e.last_load or 0.0

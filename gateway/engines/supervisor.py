@@ -386,7 +386,8 @@ class Supervisor:
                 if e is not None:
                     row = e.status()
                     # A resident on shared devices: the least time it keeps them once READY.
-                    row["turn_seconds"] = round(self.residency.turn(e), 2) if e.spec.devices else None
+                    turn = self.residency.shown_turn(e)
+                    row["turn_seconds"] = None if turn is None else round(turn, 2)
                     rows.append(row)
                     listed.add(e)
                     continue

@@ -28,8 +28,9 @@ class Engine:
     ready_since: float | None = None
     spec: SpawnConfig = field(default_factory=lambda: SpawnConfig(engine="sim", model="m", start="on_demand"))
     log: list[str] = field(default_factory=list)
-    last_activation: float | None = None  # seconds its last wake or load took
-    last_park: float | None = None
+    last_load: float | None = None  # seconds its last cold load took
+    last_wake: float | None = None
+    last_park: float | None = None  # its last sleep or stop
     retry_at: float | None = None
     backend: Any = field(default_factory=lambda: SimpleNamespace(last_error=None))
     now: float = 0.0  # the test's clock, for activate's backoff check
@@ -170,34 +171,39 @@ def test_idle_engine_is_parked_after_its_idle_timeout() -> None:
     assert a.log == ["park: idle for 10s"]
 
 
-def test_turn_scales_with_what_the_swap_that_brought_the_resident_in_cost() -> None:
-    # Same rules, two residents: one that cold-loaded in 5 s after its predecessor took 0.5 s
-    # to stop keeps the device 2 x 5.5 = 11 s; one that woke in 0.3 s is bounded by
-    # min_residency (2 s) alone.
-    for load, turn in ((5.0, 11.0), (0.3, 2.0)):
-        a = Engine("a", state=S.STOPPED)
-        b = Engine("b", state=S.READY, ready_since=0.0)
+def test_turn_scales_with_what_the_swap_would_cost() -> None:
+    # The resident a stops in 0.5 s. Making way for b's 5 s cold load costs 5.5 s of dead
+    # device: a keeps it 2 x 5.5 = 11 s. Making way for b's 0.3 s wake costs 0.8 s: the
+    # turn is min_residency (2 s).
+    for b_state, b_times, turn in ((S.STOPPED, {"last_load": 5.0}, 11.0), (S.SLEEPING, {"last_wake": 0.3}, 2.0)):
+        a = Engine("a", state=S.READY, ready_since=10.0, last_park=0.5)
+        b = Engine("b", state=b_state, **b_times)  # type: ignore[arg-type]
         sup = Sup([a, b], SwapConfig(policy="residency", min_residency=2, idle_grace=0, max_defer=60, cost_factor=2))  # type: ignore[arg-type]
         res = Residency(sup)  # type: ignore[arg-type]
-        want(res, sup, "a", 1.0)
-        res.step(2.0)
-        assert b.log == ["park: swapped out for a"]  # b was idle past min_residency
-        b.state, b.last_park = S.STOPPED, 0.5  # its loop drained and stopped it in 0.5 s
-        res.step(2.6)
-        assert a.log == ["activate"]
-        sup.state.pools["a"].queued = 0
-        a.state, a.ready_since, a.last_activation = S.READY, 10.0, load  # READY after its load (or wake)
         want(res, sup, "b", 10.5)
         assert res.step(10.5) == turn - 0.5
         res.step(10.0 + turn - 0.01)
-        assert a.log == ["activate"]
+        assert a.log == []
         res.step(10.0 + turn)
-        assert a.log == ["activate", "park: swapped out for b"]
+        assert a.log == ["park: swapped out for b"]
+        assert res.shown_turn(a) == turn  # what /admin/backends shows
+
+
+def test_unmeasured_costs_count_zero_and_cost_factor_0_turns_it_off() -> None:
+    a = Engine("a", state=S.READY, ready_since=0.0)  # never parked, b never loaded: min_residency
+    b = Engine("b")
+    sup = Sup([a, b], SwapConfig(policy="residency", min_residency=3, idle_grace=0, max_defer=60))  # type: ignore[arg-type]
+    res = Residency(sup)  # type: ignore[arg-type]
+    assert res.turn(a, [b]) == 3
+    a.last_park, b.last_load = 1.0, 9.0
+    assert res.turn(a, [b]) == 20
+    sup.settings.swap = SwapConfig(policy="residency", min_residency=3, cost_factor=0)
+    assert res.turn(a, [b]) == 3
 
 
 def test_cost_scaled_turn_never_outlasts_max_defer() -> None:
-    a = Engine("a", state=S.READY, ready_since=0.0, last_activation=60.0)  # a 60 s cold load: a 120 s turn
-    b = Engine("b")
+    a = Engine("a", state=S.READY, ready_since=0.0, last_park=1.0)
+    b = Engine("b", last_load=60.0)  # a 60 s cold load: a 122 s turn
     sup = Sup([a, b], SwapConfig(policy="residency", min_residency=2, idle_grace=0, max_defer=30))  # type: ignore[arg-type]
     res = Residency(sup)  # type: ignore[arg-type]
     want(res, sup, "b", 5.0)
