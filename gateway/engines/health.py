@@ -77,8 +77,9 @@ def model_ids(body: bytes) -> list[str] | None:
 
 async def wait_ready(
     session: aiohttp.ClientSession, target: ProbeTarget, served: str, within: float, waited: bool = False
-) -> None:
-    """`waited`: requests are queued for this start (on demand): poll every READY_POLL_WAITED."""
+) -> bytes:
+    """Returns the engine's `/v1/models` body. `waited`: requests are queued for this start
+    (on demand): poll every READY_POLL_WAITED."""
     deadline = time.monotonic() + within
     delay = READY_POLL_WAITED if waited else READY_POLL_FIRST
     last = "no answer yet"
@@ -90,7 +91,7 @@ async def wait_ready(
             ids = model_ids(body) if status == 200 else None
             if ids is not None:
                 if served in ids:
-                    return
+                    return body
                 raise NotReady(
                     f"the engine is up but /v1/models lists {ids}, not {served!r} (check --served-model-name)"
                 )

@@ -45,11 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
 from ..config import EnginesConfig, PoolConfig, SpawnConfig
 from ..routing.backend import Backend, BackendState
 from . import health, launchers, sleepmode
-from .discovery import discover
+from .discovery import learn
 from .launchers import Launch, LaunchError
 from .logs import EngineLog
 from .osproc import child_setup, describe_exit, signal_group
@@ -440,8 +441,9 @@ class EngineProcess:
         exc = ready.exception()
         if exc is not None:
             return self._with_tail(str(exc))
-        # The context length goes on the gateway's own /v1/models cards (bench tools read it).
-        await discover(self._session(), self.backend)
+        # The context length goes on the gateway's own /v1/models cards (bench tools read it);
+        # from the list readiness fetched: a request may be waiting for this start.
+        learn(self.backend, orjson.loads(ready.result()))
         return None
 
     async def _spawn(self, launch: Launch) -> None:
