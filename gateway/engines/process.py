@@ -17,12 +17,15 @@ below, logs one line, records the change and tells the supervisor:
 
 STOPPED is final for an engine the supervisor stopped (`ended`); an engine parked by the
 residency coordinator (idle, swapped out, or on-demand and never started) waits in STOPPED
-or SLEEPING for `activate`. An engine started by requests (on demand or after an idle stop)
-whose start fails waits in FAILED: its process is gone, so it holds no device, and the
-supervisor answers the requests waiting for it at once instead of letting them wait out
-the start-up budget; the next request after `retry_at` (exponential backoff) may start it
-again, so a broken engine is not relaunched per request. `park` and `activate` change state at once (so the router and
+or SLEEPING for `activate`. `park` and `activate` change state at once (so the router and
 the coordinator see it in the same instant) and hand the slow part to the engine's loop.
+
+An engine started by requests (`start: on_demand`, or any with an `idle_timeout`) whose
+start fails waits in FAILED for `activate` too: its process is gone, so it holds no device,
+and the supervisor answers the requests waiting for it at once instead of letting them
+wait out the start-up budget; the first request after `retry_at` (exponential backoff)
+starts it again, so a broken engine is not relaunched per request. Other engines retry on
+their own after the backoff, as before.
 
 The process runs in its own session (so stop signals reach the engine's workers too) with
 PR_SET_PDEATHSIG=SIGKILL, so a gateway killed with -9 does not leave an engine holding

@@ -314,10 +314,13 @@ def test_level_2_sleep_wakes_by_reloading_the_weights(tmp_path: Path) -> None:
         assert _chat(c, "a") == "length"
         row = _row(gw, "a")
         assert row["restarts"] == 0 and row["sleep_level"] == 2
+        # (It may be asleep again by now: only what cannot change back is checked.)
         sim = _sim_state(gw, "a")["sleep"]
-        assert sim["weights_valid"] is True and sim["served_without_weights"] == 0
+        assert sim["served_without_weights"] == 0
         ops = [(t["op"], t["tags"]) for t in sim["transitions"]]
-        assert ops[-4:] == [("sleep", None), ("wake_up", ["weights"]), ("reload_weights", None), ("wake_up", ["kv_cache"])]
+        at = ops.index(("reload_weights", None))
+        assert ops[at - 2 : at + 2] == [("sleep", None), ("wake_up", ["weights"]), ("reload_weights", None),
+                                        ("wake_up", ["kv_cache"])]  # fmt: skip
         assert 0.4 <= row["last_wake_seconds"] < row["last_load_seconds"]  # the reload is most of it
 
 
@@ -334,5 +337,4 @@ def test_level_2_sleep_on_an_engine_that_cannot_reload_weights_restarts_then_sto
         assert row["pid"] != pid and row["restarts"] == 1 and row["sleep_level"] == 0
         assert "--enable-sleep-mode" not in row["argv"]
         assert "reload_weights answered 404" in (row["last_error"] or "")
-        assert _sim_state(gw, "a")["sleep"]["served_without_weights"] == 0
         assert wait_until(lambda: _row(gw, "a")["state"] == "stopped", timeout=10)  # idle: stopped now
