@@ -338,3 +338,15 @@ def test_level_2_sleep_on_an_engine_that_cannot_reload_weights_restarts_then_sto
         assert "--enable-sleep-mode" not in row["argv"]
         assert "reload_weights answered 404" in (row["last_error"] or "")
         assert wait_until(lambda: _row(gw, "a")["state"] == "stopped", timeout=10)  # idle: stopped now
+
+
+def test_an_engine_that_rejects_the_pools_key_fails_its_start_at_once(tmp_path: Path) -> None:
+    # The engine's own --api-key (in args, which win) differs from the pool's: /health is
+    # open, /v1/models answers 401 for ever. Readiness gives up at once, with the reason.
+    args = '--ttft-ms, "5", --itl-ms, "5", --api-key, the-engines-key'
+    pool = _pool("a", "api_key: not-the-engines-key", args).replace("startup_timeout: 30", "startup_timeout: 120")
+    with GatewayServer(_cfg(tmp_path, pool)) as gw:
+        t0 = time.monotonic()
+        _start_failed(_post(gw, "a"), "a", "rejects the pool's API key")
+        assert time.monotonic() - t0 < 30  # not the 120 s budget
+        assert _row(gw, "a")["state"] == "failed"
