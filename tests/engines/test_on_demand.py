@@ -94,7 +94,8 @@ def test_first_request_starts_idle_sleeps_next_request_wakes(tmp_path: Path) -> 
 
         assert _chat(c, "a") == "length"  # woken by this one
         row = _row(gw, "a")
-        assert row["state"] == "ready" and row["pid"] == pid and row["restarts"] == 0
+        # On a loaded machine the 1 s idle timeout may already have put it back to sleep.
+        assert row["state"] in ("ready", "draining", "sleeping") and row["pid"] == pid and row["restarts"] == 0
         assert 0.3 <= row["last_wake_seconds"] < row["last_load_seconds"]
         ops = [t["op"] for t in _sim_state(gw, "a")["sleep"]["transitions"]]
         assert ops[-2:] == ["sleep", "wake_up"]
