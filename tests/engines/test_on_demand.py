@@ -98,7 +98,7 @@ def test_first_request_starts_idle_sleeps_next_request_wakes(tmp_path: Path) -> 
         assert row["state"] in ("ready", "draining", "sleeping") and row["pid"] == pid and row["restarts"] == 0
         assert 0.3 <= row["last_wake_seconds"] < row["last_load_seconds"]
         ops = [t["op"] for t in _sim_state(gw, "a")["sleep"]["transitions"]]
-        assert ops[-2:] == ["sleep", "wake_up"]
+        assert ops[:2] == ["sleep", "wake_up"]  # (a third, sleep again, may follow)
         assert _metric(gw, "gateway_engine_wake_seconds_count", pool="a") == 1
         assert _metric(gw, "gateway_engine_load_seconds_count", pool="a") == 1
         assert _metric(gw, "gateway_request_load_wait_seconds_count", pool="a") == 2
