@@ -6,7 +6,8 @@ pool) so probes never queue behind proxied traffic and a busy pool cannot starve
 What blocks:
 - `wait_ready` returns once the engine answers its health path with 200 AND its
   `/v1/models` lists the served name; it raises `NotReady` at the deadline, or at once if
-  the engine answers with a different model list (a misconfiguration, not a slow load).
+  the engine answers with a different model list or refuses the key (a misconfiguration,
+  not a slow load).
 - `monitor` never returns; it calls `on_verdict(ok, detail)` each time the failure or
   success threshold is crossed, and scrapes queue gauges after each good probe.
 """
@@ -27,6 +28,9 @@ from ..routing.backend import Backend
 # Start-up polls start fast (a sim is up in 0.3 s) and slow down for engines loading for minutes.
 READY_POLL_FIRST = 0.1
 READY_POLL_MAX = 2.0
+# A start that requests wait for (on demand): every poll interval is latency added to each of
+# them, while a /health probe on loopback costs the engine next to nothing: poll this often.
+READY_POLL_WAITED = 0.025
 
 
 class NotReady(Exception):
@@ -71,9 +75,13 @@ def model_ids(body: bytes) -> list[str] | None:
         return None
 
 
-async def wait_ready(session: aiohttp.ClientSession, target: ProbeTarget, served: str, within: float) -> None:
+async def wait_ready(
+    session: aiohttp.ClientSession, target: ProbeTarget, served: str, within: float, waited: bool = False
+) -> bytes:
+    """Returns the engine's `/v1/models` body. `waited`: requests are queued for this start
+    (on demand): poll every READY_POLL_WAITED."""
     deadline = time.monotonic() + within
-    delay = READY_POLL_FIRST
+    delay = READY_POLL_WAITED if waited else READY_POLL_FIRST
     last = "no answer yet"
     while True:
         per_try = max(0.5, min(5.0, deadline - time.monotonic()))
@@ -83,17 +91,20 @@ async def wait_ready(session: aiohttp.ClientSession, target: ProbeTarget, served
             ids = model_ids(body) if status == 200 else None
             if ids is not None:
                 if served in ids:
-                    return
+                    return body
                 raise NotReady(
                     f"the engine is up but /v1/models lists {ids}, not {served!r} (check --served-model-name)"
                 )
+            if status in (401, 403):  # up, and refusing our key: waiting cannot change that
+                raise NotReady(f"the engine is up but /v1/models answers {status}: it rejects the pool's API key")
             last = f"/v1/models: {problem or 'not a model list'}"
         else:
             last = f"{target.health_url.rsplit('/', 1)[-1] or 'health'}: {problem}"
         if time.monotonic() + delay >= deadline:
             raise NotReady(f"not ready after {within:g}s (last check: {last})")
         await asyncio.sleep(delay)
-        delay = min(delay * 1.5, READY_POLL_MAX)
+        if not waited:
+            delay = min(delay * 1.5, READY_POLL_MAX)
 
 
 class ProbeCounter:

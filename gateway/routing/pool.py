@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from ..config import PoolConfig
@@ -119,13 +120,14 @@ class Pool:
             raise service_unavailable(f"No other backend of pool `{self.name}` is available.")
         if len(self._waiters) >= self.cfg.queue.max_size:
             raise QueueFull(self.name)
-        fut: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
-        entry = (fut, exclude, request)
-        self._waiters.append(entry)
-        # Engines started on demand: the wait is bounded by their start-up, not the queue timeout.
+        # Engines started on demand: the wait is bounded by their start-up, not the queue
+        # timeout. Raises (503) when they cannot start now (a failed start in its backoff).
         demand = self.demand
         load = demand.needed(self) if demand is not None else None
         timeout = self.cfg.queue.timeout if load is None else load
+        fut: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
+        entry = (fut, exclude, request)
+        self._waiters.append(entry)
         queued_at = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
@@ -166,6 +168,17 @@ class Pool:
                 backend.cache.cached_tokens += completion.cached_tokens or 0
         self.balancer.on_complete(backend, request if request is not None else bare_request(), completion)
         self.wake()
+
+    def fail_waiters(self, error: Callable[[], GatewayError]) -> int:
+        """Answer every queued request with `error()` now (one instance each: each is raised
+        in its own task): the engines they wait for cannot start. Returns how many waited."""
+        failed = 0
+        while self._waiters:
+            fut, _, _ = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(error())
+                failed += 1
+        return failed
 
     def wake(self) -> None:
         """Hand freed capacity to waiters in FIFO order."""
