@@ -6,7 +6,8 @@ pool) so probes never queue behind proxied traffic and a busy pool cannot starve
 What blocks:
 - `wait_ready` returns once the engine answers its health path with 200 AND its
   `/v1/models` lists the served name; it raises `NotReady` at the deadline, or at once if
-  the engine answers with a different model list (a misconfiguration, not a slow load).
+  the engine answers with a different model list or refuses the gateway's key with
+  401/403 (`KeyRejected`): misconfigurations, not a slow load.
 - `monitor` never returns; it calls `on_verdict(ok, detail)` each time the failure or
   success threshold is crossed, and scrapes queue gauges after each good probe.
 """
@@ -31,6 +32,21 @@ READY_POLL_MAX = 2.0
 
 class NotReady(Exception):
     pass
+
+
+class KeyRejected(NotReady):
+    """The engine is up but refuses the gateway's key: a configuration error that a
+    restart (minutes of model loading for vLLM) cannot fix."""
+
+    def __init__(self, path: str, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+        said = body.decode("utf-8", "replace").strip()[:200]
+        super().__init__(
+            f"the engine rejected the gateway's key: {path} answered HTTP {status}"
+            + (f" {said}" if said else "")
+            + " (the pool's api_key differs from the engine's own --api-key); not retrying"
+        )
 
 
 @dataclass(frozen=True)
@@ -77,9 +93,13 @@ async def wait_ready(session: aiohttp.ClientSession, target: ProbeTarget, served
     last = "no answer yet"
     while True:
         per_try = max(0.5, min(5.0, deadline - time.monotonic()))
-        status, _, problem = await get(session, target.health_url, target.headers, per_try)
+        status, body, problem = await get(session, target.health_url, target.headers, per_try)
+        if status in AUTH_REFUSED:  # vLLM and llama.cpp leave it open; a proxy in front may not
+            raise KeyRejected(target.health_url.rsplit("/", 1)[-1] or "health", status, body)
         if status == 200:
             status, body, problem = await get(session, target.models_url, target.headers, per_try)
+            if status in AUTH_REFUSED:
+                raise KeyRejected("/v1/models", status, body)
             ids = model_ids(body) if status == 200 else None
             if ids is not None:
                 if served in ids:
@@ -94,6 +114,9 @@ async def wait_ready(session: aiohttp.ClientSession, target: ProbeTarget, served
             raise NotReady(f"not ready after {within:g}s (last check: {last})")
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, READY_POLL_MAX)
+
+
+AUTH_REFUSED = frozenset({401, 403})
 
 
 class ProbeCounter:

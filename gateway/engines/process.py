@@ -41,7 +41,8 @@ from typing import Any
 import aiohttp
 
 from ..config import EnginesConfig, PoolConfig, SpawnConfig
-from ..routing.backend import Backend, BackendState
+from ..proxy.engine_errors import UPSTREAM_AUTH_FAILED, upstream_auth_message
+from ..routing.backend import Backend, BackendState, Refusal
 from . import health, launchers, sleepmode
 from .discovery import discover
 from .launchers import Launch, LaunchError
@@ -222,6 +223,16 @@ class EngineProcess:
                 self.backend.last_error = str(e)
                 self.transition(S.FAILED, str(e))
                 return
+            except health.KeyRejected as e:
+                # Neither can a restart (minutes of loading for another 401): fail for good,
+                # free the memory, and answer the pool's requests with the reason at once.
+                await self._kill_group()
+                self.backend.refusal = Refusal(502, UPSTREAM_AUTH_FAILED, upstream_auth_message(e.status, e.body))
+                self.backend.last_error = str(e)
+                log.error("%s: %s", self.id, e)
+                await self.log.note(str(e))
+                self.transition(S.FAILED, str(e))
+                return
             if problem is not None:
                 self.backend.last_error = problem
                 self.transition(S.FAILED, problem)
@@ -393,6 +404,8 @@ class EngineProcess:
             await self._drain_output()
             return self._with_tail(f"{describe_exit(self.proc.returncode)} during start-up")
         exc = ready.exception()
+        if isinstance(exc, health.KeyRejected):
+            raise exc
         if exc is not None:
             return self._with_tail(str(exc))
         # The context length goes on the gateway's own /v1/models cards (bench tools read it).

@@ -167,7 +167,7 @@ class Gateway:
     def base_url(self) -> str:
         return self.url + "/v1"
 
-    def start(self, ready_timeout: float = 900) -> Gateway:
+    def start(self, ready_timeout: float = 900, wait_ready: bool = True) -> Gateway:
         exe = Path(sys.executable).with_name("gateway")
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -179,7 +179,8 @@ class Gateway:
         if not wait_for(self._up, 30):
             self.stop()
             raise RuntimeError(f"gateway did not start:\n{self.tail()}")
-        self.wait_ready(ready_timeout)
+        if wait_ready:
+            self.wait_ready(ready_timeout)
         return self
 
     def _up(self) -> bool:
