@@ -257,4 +257,6 @@ async def monitor(
             if verdict is not None:
                 on_verdict(verdict, problem)
         if ok and scrape_every:
-            await scrape(session, target, backend, min(cfg.timeout, max(scrape_every, 0.5)))
+            # A loaded engine may answer /metrics late; a late reading beats none (a timeout
+            # would leave the last, stale gauges in place exactly when load is high).
+            await scrape(session, target, backend, cfg.timeout)

@@ -572,6 +572,9 @@ class EngineProcess:
             "url": self.backend.url,
             "devices": ",".join(self.devices),
             "outstanding": self.backend.outstanding,
+            # The engine's own queue as last scraped: what the balancers read besides ours.
+            "engine_running": self.backend.engine_running,
+            "engine_waiting": self.backend.engine_waiting,
             "restarts": self.restarts,
             "last_error": self.backend.last_error,
             "uptime": round(now - self.ready_since, 1) if self.ready_since is not None else None,

@@ -228,6 +228,10 @@ class Gateway:
     def engine_url(self, pool: str) -> str:
         return f"http://127.0.0.1:{self.backend(pool)['port']}"
 
+    def engine_urls(self, pool: str) -> dict[str, str]:
+        """{backend id: engine root URL} of every replica of `pool` that has a port."""
+        return {b["id"]: f"http://127.0.0.1:{b['port']}" for b in self.backends() if b["pool"] == pool and b["port"]}
+
     def usage(self, group_by: str = "pool") -> dict[str, dict[str, Any]]:
         r = self.admin("GET", "/usage", params={"group_by": group_by, "since": "30d"})
         r.raise_for_status()
