@@ -51,6 +51,11 @@ class ServerConfig(_Model):
     body_timeout: float = Field(60.0, gt=0)  # longest pause between two pieces of a body
     write_timeout: float = Field(30.0, gt=0)  # longest a client may leave a response unread
     keep_alive_timeout: float = Field(75.0, gt=0)  # longer than typical client pools' idle timeout
+    # A streamed request still waiting for a backend (a model loading) after this many
+    # seconds gets its headers and an SSE comment every this many seconds, so clients and
+    # proxies with a read timeout keep waiting (proxy/keepalive.py). None: off; errors after
+    # the early 200 arrive as stream error events, not as HTTP statuses.
+    stream_keepalive: float | None = Field(None, gt=0)
     max_header_bytes: int = Field(64 * 1024, ge=1024)
 
 

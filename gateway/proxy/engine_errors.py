@@ -89,7 +89,8 @@ def _fastapi_detail(detail: Any) -> _EngineError:
     for d in detail if isinstance(detail, list) else []:
         if not isinstance(d, dict):
             continue
-        loc = ".".join(str(x) for x in d.get("loc", []) if x != "body")
+        where = d.get("loc")  # engines send null or a bare string here too
+        loc = ".".join(str(x) for x in (where if isinstance(where, list) else []) if x != "body")
         param = param or loc or None
         parts.append(f"{loc}: {d.get('msg', '')}" if loc else str(d.get("msg", "")))
     return _EngineError("; ".join(parts) or None, param)
