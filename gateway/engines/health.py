@@ -6,8 +6,8 @@ pool) so probes never queue behind proxied traffic and a busy pool cannot starve
 What blocks:
 - `wait_ready` returns once the engine answers its health path with 200 AND its
   `/v1/models` lists the served name; it raises `NotReady` at the deadline, or at once if
-  the engine answers with a different model list or refuses the key (a misconfiguration,
-  not a slow load).
+  the engine answers with a different model list or refuses the gateway's key with
+  401/403 (`KeyRejected`): misconfigurations, not a slow load.
 - `monitor` never returns; it calls `on_verdict(ok, detail)` each time the failure or
   success threshold is crossed, and scrapes queue gauges after each good probe.
 """
@@ -35,6 +35,21 @@ READY_POLL_WAITED = 0.025
 
 class NotReady(Exception):
     pass
+
+
+class KeyRejected(NotReady):
+    """The engine is up but refuses the gateway's key: a configuration error that a
+    restart (minutes of model loading for vLLM) cannot fix."""
+
+    def __init__(self, path: str, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+        said = body.decode("utf-8", "replace").strip()[:200]
+        super().__init__(
+            f"the engine rejected the gateway's key: {path} answered HTTP {status}"
+            + (f" {said}" if said else "")
+            + " (the pool's api_key differs from the engine's own --api-key); not retrying"
+        )
 
 
 @dataclass(frozen=True)
@@ -85,9 +100,13 @@ async def wait_ready(
     last = "no answer yet"
     while True:
         per_try = max(0.5, min(5.0, deadline - time.monotonic()))
-        status, _, problem = await get(session, target.health_url, target.headers, per_try)
+        status, body, problem = await get(session, target.health_url, target.headers, per_try)
+        if status in AUTH_REFUSED:  # vLLM and llama.cpp leave it open; a proxy in front may not
+            raise KeyRejected(target.health_url.rsplit("/", 1)[-1] or "health", status, body)
         if status == 200:
             status, body, problem = await get(session, target.models_url, target.headers, per_try)
+            if status in AUTH_REFUSED:
+                raise KeyRejected("/v1/models", status, body)
             ids = model_ids(body) if status == 200 else None
             if ids is not None:
                 if served in ids:
@@ -95,8 +114,6 @@ async def wait_ready(
                 raise NotReady(
                     f"the engine is up but /v1/models lists {ids}, not {served!r} (check --served-model-name)"
                 )
-            if status in (401, 403):  # up, and refusing our key: waiting cannot change that
-                raise NotReady(f"the engine is up but /v1/models answers {status}: it rejects the pool's API key")
             last = f"/v1/models: {problem or 'not a model list'}"
         else:
             last = f"{target.health_url.rsplit('/', 1)[-1] or 'health'}: {problem}"
@@ -105,6 +122,9 @@ async def wait_ready(
         await asyncio.sleep(delay)
         if not waited:
             delay = min(delay * 1.5, READY_POLL_MAX)
+
+
+AUTH_REFUSED = frozenset({401, 403})
 
 
 class ProbeCounter:
@@ -245,4 +265,6 @@ async def monitor(
             if verdict is not None:
                 on_verdict(verdict, problem)
         if ok and scrape_every:
-            await scrape(session, target, backend, min(cfg.timeout, max(scrape_every, 0.5)))
+            # A loaded engine may answer /metrics late; a late reading beats none (a timeout
+            # would leave the last, stale gauges in place exactly when load is high).
+            await scrape(session, target, backend, cfg.timeout)

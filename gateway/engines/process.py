@@ -51,7 +51,8 @@ import aiohttp
 import orjson
 
 from ..config import EnginesConfig, PoolConfig, SpawnConfig
-from ..routing.backend import Backend, BackendState
+from ..proxy.engine_errors import UPSTREAM_AUTH_FAILED, upstream_auth_message
+from ..routing.backend import Backend, BackendState, Refusal
 from . import health, launchers, sleepmode
 from .discovery import learn
 from .launchers import Launch, LaunchError
@@ -248,6 +249,16 @@ class EngineProcess:
                 self.retry_at = math.inf if self.demand_started else None
                 self.transition(S.FAILED, str(e))
                 return
+            except health.KeyRejected as e:
+                # Neither can a restart (minutes of loading for another 401): fail for good,
+                # free the memory, and answer the pool's requests with the reason at once.
+                await self._kill_group()
+                self.backend.refusal = Refusal(502, UPSTREAM_AUTH_FAILED, upstream_auth_message(e.status, e.body))
+                self.backend.last_error = str(e)
+                log.error("%s: %s", self.id, e)
+                await self.log.note(str(e))
+                self.transition(S.FAILED, str(e))
+                return
             if problem is not None:
                 self.backend.last_error = problem
                 # Before FAILED: a failed engine must hold nothing (port, device) once it says so.
@@ -442,6 +453,8 @@ class EngineProcess:
             await self._drain_output()
             return self._with_tail(f"{describe_exit(self.proc.returncode)} during start-up")
         exc = ready.exception()
+        if isinstance(exc, health.KeyRejected):
+            raise exc
         if exc is not None:
             return self._with_tail(str(exc))
         # The context length goes on the gateway's own /v1/models cards (bench tools read it);
@@ -609,6 +622,9 @@ class EngineProcess:
             "url": self.backend.url,
             "devices": ",".join(self.devices),
             "outstanding": self.backend.outstanding,
+            # The engine's own queue as last scraped: what the balancers read besides ours.
+            "engine_running": self.backend.engine_running,
+            "engine_waiting": self.backend.engine_waiting,
             "restarts": self.restarts,
             "last_error": self.backend.last_error,
             "uptime": round(now - self.ready_since, 1) if self.ready_since is not None else None,

@@ -301,10 +301,10 @@ class Supervisor:
     # --- change notification and the start-up view ---
 
     def _on_change(self, e: EngineProcess, old: BackendState, new: BackendState) -> None:
-        if new is S.READY:
+        if new is S.READY or e.backend.refusal is not None:
             pool = self._pool_of.get(e)
             if pool is not None:
-                pool.wake()  # queued requests proceed now
+                pool.wake()  # queued requests proceed now, or learn at once that none will
             metrics = self.state.metrics
             if metrics is not None and old is S.STARTING and e.last_load is not None:
                 metrics.engine_loaded(e.pool_name, e.last_load)

@@ -17,7 +17,7 @@ from typing import Protocol
 from ..config import PoolConfig
 from ..errors import GatewayError, service_unavailable
 from ..metering.model_tokenizer import ModelTokenizer
-from .backend import Backend
+from .backend import Backend, Refusal
 from .policies import Balancer, make_balancer
 from .request import Completion, RouteRequest, bare_request
 
@@ -92,6 +92,12 @@ class Pool:
     def outstanding(self) -> int:
         return sum(b.outstanding for b in self.backends)
 
+    def refusal(self) -> Refusal | None:
+        """What to answer when every backend refuses to serve until the config changes."""
+        if not self.backends or not all(b.refusal is not None for b in self.backends):
+            return None
+        return self.backends[0].refusal
+
     # --- admission ---
 
     def route_request(self, endpoint: str, body: dict[str, object]) -> RouteRequest:
@@ -115,6 +121,9 @@ class Pool:
             b = self._dispatch(request, exclude)
             if b is not None:
                 return b
+        refusal = self.refusal()
+        if refusal is not None:
+            raise GatewayError(refusal.status, refusal.message, refusal.code)
         if exclude and not any(b.routable and b not in exclude for b in self.backends):
             # A retry with nowhere else to go: do not queue behind fresh requests.
             raise service_unavailable(f"No other backend of pool `{self.name}` is available.")
@@ -146,6 +155,9 @@ class Pool:
                 pass
             if isinstance(e, asyncio.CancelledError):
                 raise
+            refusal = self.refusal()  # the engine failed for good while this request waited
+            if refusal is not None:
+                raise GatewayError(refusal.status, refusal.message, refusal.code) from None
             ready = any(b.routable for b in self.backends)
             msg = (
                 f"Pool `{self.name}`: every backend stayed busy for {timeout:g}s."
@@ -181,7 +193,13 @@ class Pool:
         return failed
 
     def wake(self) -> None:
-        """Hand freed capacity to waiters in FIFO order."""
+        """Hand freed capacity to waiters in FIFO order; answer them at once when every
+        backend refuses to serve (nothing would ever dispatch them)."""
+        refusal = self.refusal() if self._waiters else None
+        while refusal is not None and self._waiters:
+            fut = self._waiters.popleft()[0]
+            if not fut.done():
+                fut.set_exception(GatewayError(refusal.status, refusal.message, refusal.code))
         while self._waiters:
             fut, exclude, request = self._waiters[0]
             if fut.done():

@@ -56,7 +56,7 @@ class SimState:
         # Requests held while the engine sleeps wait in vLLM's scheduler queue too.
         metrics = Metrics(cfg.model_name, lambda: (sched.running, sched.waiting + engine.blocked,
                                                    sched.max_num_seqs),
-                          kv_usage=kv.usage, extra=[kv.render_metrics, engine.render_metrics])
+                          kv_usage=kv.usage, extra=[kv.render_metrics, engine.render_metrics], dialect=cfg.dialect)
         return cls(cfg=cfg, sched=sched, metrics=metrics, kv=kv, engine=engine, rng=random.Random(cfg.seed))
 
     def is_ready(self) -> bool:

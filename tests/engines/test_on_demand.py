@@ -346,8 +346,18 @@ def test_an_engine_that_rejects_the_pools_key_fails_its_start_at_once(tmp_path: 
     # open, /v1/models answers 401 for ever. Readiness gives up at once, with the reason.
     args = '--ttft-ms, "5", --itl-ms, "5", --api-key, the-engines-key'
     pool = _pool("a", "api_key: not-the-engines-key", args).replace("startup_timeout: 30", "startup_timeout: 120")
+    # The answer is the one a request meeting the engine's 401 gets (502, the gateway's
+    # configuration is wrong, not the client's key), and the start is failed for good: a
+    # relaunch would only load the model again to meet the same 401.
     with GatewayServer(_cfg(tmp_path, pool)) as gw:
-        t0 = time.monotonic()
-        _start_failed(_post(gw, "a"), "a", "rejects the pool's API key")
-        assert time.monotonic() - t0 < 30  # not the 120 s budget
-        assert _row(gw, "a")["state"] == "failed"
+        for _ in range(2):
+            t0 = time.monotonic()
+            r = _post(gw, "a")
+            assert time.monotonic() - t0 < 30  # not the 120 s budget
+            assert r.status_code == 502, r.text
+            err = r.json()["error"]
+            assert set(err) == {"message", "type", "param", "code"}
+            assert err["code"] == "upstream_auth_failed" and "HTTP 401" in err["message"], err
+        row = _row(gw, "a")
+        assert row["state"] == "failed" and row["restarts"] == 0, row
+        assert "rejected the gateway's key" in (row["last_error"] or "")
