@@ -344,6 +344,11 @@ class SwapConfig(_Model):
     # A wake costs seconds and a cold start minutes: 30 s of service per turn keeps the
     # swap overhead a small share of the time even with two pools always asking.
     min_residency: float = Field(30.0, ge=0)
+    # ...and at least this many times what the swap that ends its turn costs (measured: its
+    # own last sleep or stop plus the wanted model's last wake or cold load), so the device's
+    # time lost to swapping stays under 1/(1+cost_factor) of it whatever the arrival pattern:
+    # making way for a 5 s cold load takes a longer turn than for a 0.3 s wake. 0: off.
+    cost_factor: float = Field(2.0, ge=0)
     # The resident leaves only after a pause this long in its traffic (nothing queued or in
     # flight): its users are between conversations, not waiting for the next turn.
     idle_grace: float = Field(2.0, ge=0)
