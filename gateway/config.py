@@ -236,13 +236,21 @@ class PrefixRoutingConfig(_Model):
     # Per backend KV cache in tokens, when the engine does not report it (vLLM does, in
     # vllm:cache_config_info); bounds the gateway's index of each backend.
     capacity_tokens: int = Field(262144, ge=1)
-    # Never route for a cached prefix to a backend whose load (requests in flight or
-    # queued) exceeds (1 + balance_rel) x the pool's mean + balance_abs.
+    # Safety net under the expected-delay score: never route for a cached prefix to a
+    # backend whose load (requests in flight or queued) exceeds (1 + balance_rel) x the
+    # pool's mean + balance_abs.
     balance_rel: float = Field(0.25, ge=0)
     balance_abs: float = Field(1.0, ge=0)
-    # A conversation not cached anywhere yet goes, among the backends within this many
-    # requests of the least loaded, to the one its opening hashes to (replicas agree).
-    affinity_slack: float = Field(1.0, ge=0)
+    # Prefill seconds per uncached prompt token until the pool's own TTFTs say otherwise
+    # (the policy fits TTFT against uncached tokens as answers come back). The order of a
+    # GPU serving an 8B model; a CPU engine is ~100x slower and is learnt within ~20 answers.
+    prefill_ms_per_token: float = Field(0.15, gt=0)
+    # Replicas sharing `redis_url` share conversation -> backend records (routing.shared_routes):
+    # a follow-up turn reads its record through a local cache of `shared_local_ttl` seconds,
+    # waiting at most `shared_timeout` seconds on Redis. Records expire after `ttl`.
+    shared: bool = True
+    shared_local_ttl: float = Field(1.0, ge=0)
+    shared_timeout: float = Field(0.05, gt=0)
 
 
 class PoolConfig(_Model):
@@ -256,7 +264,9 @@ class PoolConfig(_Model):
     upstream_model: str | None = None
     max_concurrency: int = Field(64, ge=1)
     # speed_aware: shortest expected delay (queue x observed speed); equals shortest queue
-    # until speeds are known. The others are kept as baselines for the benchmarks.
+    # until speeds are known. cache_aware: least predicted TTFT counting each engine's prefix
+    # cache (issue #15; not the default until measured on real engines, see README). The
+    # others are kept as baselines for the benchmarks.
     balancer: BalancerName = "speed_aware"
     prefix_routing: PrefixRoutingConfig = Field(default_factory=PrefixRoutingConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)

@@ -278,13 +278,14 @@ def _prefix_cache(state: GatewayState) -> Iterator[Metric]:
     )
     routed = CounterMetricFamily(
         "gateway_backend_routed",
-        "Requests routed here by cache_aware, by reason: locality (its cached prefix), affinity "
-        "(conversation hash), load.",
+        "Requests routed here by cache_aware, by reason: locality (its cached prefix shortened the "
+        "predicted TTFT enough to win), load (it did not).",
         labels=[*labels, "reason"],
     )
     skipped = CounterMetricFamily(
         "gateway_backend_locality_skipped_overloaded",
-        "Times this backend held a request's prefix but was passed over for being above the load bound.",
+        "Times this backend held more of a request's prefix than the chosen one but was passed over "
+        "for being above the load bound.",
         labels=labels,
     )
     for name, pool in state.pools.items():

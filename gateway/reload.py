@@ -23,7 +23,6 @@ from typing import Any
 from . import config as config_mod
 from .config import ConfigError, GatewayConfig
 from .metering.model_tokenizer import ModelTokenizer
-from .routing.policies import make_balancer
 from .routing.pool import Pool, endpoint_backends
 from .state import GatewayState, build_names
 
@@ -62,6 +61,7 @@ def _apply_pools(state: GatewayState, new: GatewayConfig, summary: dict[str, lis
         pool = state.pools.get(name)
         if pool is None:
             pool = Pool(name, pcfg)
+            pool.shared_routes.attach(state.limiter.redis if state.limiter is not None else None)
             for b in endpoint_backends(name, pcfg):
                 pool.add(b)
             state.pools[name] = pool
@@ -71,7 +71,7 @@ def _apply_pools(state: GatewayState, new: GatewayConfig, summary: dict[str, lis
         if _without_spawn(old) != _without_spawn(pcfg):
             summary["changed"].append(f"pool {name}")
         if pcfg.balancer != old.balancer or pcfg.prefix_routing != old.prefix_routing:
-            pool.balancer = make_balancer(pcfg.balancer, prefix=pcfg.prefix_routing)
+            pool.balancer = pool.make_balancer(pcfg)
         pool.cfg = pcfg
         if pcfg.tokenizer_path != pool.tokenizer.path:
             pool.tokenizer = ModelTokenizer(pcfg.tokenizer_path)

@@ -23,7 +23,14 @@ the engines' caches reset between runs; and an oracle, a client that mirrors eac
 engine's LRU exactly (the same token ids and block hashes the simulator computes) and
 sends each request straight to the engine of least expected TTFT (queue wait plus
 prefill of its uncached tokens). cache_aware and speed_aware also behind TWO gateway
-replicas, each request to one of them at random (the worst case for a per-replica index).
+replicas, each request to one of them at random (the worst case for a per-replica index),
+sharing one redis-server (as they would for rate limits): cache_aware's replicas share
+conversation records through it.
+
+This is the wall-clock check on real processes; its engines are shrunk (batch 4, an
+11K-token KV cache, 1 ms of prefill per token, 40 ms ITL) so that a 2-core machine can
+drive them, which makes it unrepresentative of GPU engines. The representative sizes are
+in `benchmarks/cachesim` (simulated time).
 
 Figures per run: mean and p99 TTFT and end-to-end latency (client side), the hit rate from
 the engines' own counters (vllm:prefix_cache_hits / queries, tokens), and the load spread:
@@ -299,10 +306,11 @@ def _reset(sims: list[SimProcess]) -> None:
         assert status == 200, status
 
 
-def _gateway_yaml(sims: list[SimProcess], policy: str) -> str:
+def _gateway_yaml(sims: list[SimProcess], policy: str, redis_url: str | None = None) -> str:
     pool = {"endpoints": [s.base_url for s in sims], "balancer": policy, "upstream_model": MODEL,
             "max_concurrency": 64, "queue": "{max_size: 4096, timeout: 120}"}
-    return procs.gateway_yaml({MODEL: pool})
+    # Replicas share conversation records through the Redis they share for rate limits.
+    return procs.gateway_yaml({MODEL: pool}, extra=f'redis: "{redis_url}"\n' if redis_url else "")
 
 
 def summarize(results: list[Result], before: list[tuple[int, int, int]],
@@ -333,7 +341,9 @@ async def _run(bench: Bench, sims: list[SimProcess], policy: str, replicas: int,
         oracle = Oracle([("127.0.0.1", s.port) for s in sims])
         results = await drive(sess, [s.base_url for s in sims], deadline, seed, oracle)
     else:
-        gws = [procs.Gateway(f"cache-{policy}-{i}", _gateway_yaml(sims, policy), bench.placement)
+        redis = procs.Redis().start() if replicas > 1 and procs.Redis.available() else None
+        url = redis.url if redis is not None else None
+        gws = [procs.Gateway(f"cache-{policy}-{i}", _gateway_yaml(sims, policy, url), bench.placement)
                for i in range(replicas)]
         try:
             for g in gws:
@@ -344,6 +354,8 @@ async def _run(bench: Bench, sims: list[SimProcess], policy: str, replicas: int,
         finally:
             for g in gws:
                 await asyncio.to_thread(g.stop)
+            if redis is not None:
+                redis.stop()
     await _idle(sims)
     return summarize(results, before, _snap(sims))
 

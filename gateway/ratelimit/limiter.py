@@ -20,6 +20,8 @@ from .local_counters import LocalCounters, Request, Verdict
 from .redis_counters import RedisCounters
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from gateway.config import GatewayConfig
     from gateway.context import RequestContext
     from gateway.keys.auth import Key
@@ -312,6 +314,12 @@ class Limiter:
             e,
             counters.replicas,
         )
+
+    @property
+    def redis(self) -> Redis | None:
+        """The Redis client the limits are shared through (None in-process): other state the
+        replicas share (routing.shared_routes) reuses it, one connection pool per replica."""
+        return self.counters.r if isinstance(self.counters, RedisCounters) else None
 
     async def close(self) -> None:
         await self.counters.close()

@@ -20,6 +20,7 @@ from ..metering.model_tokenizer import ModelTokenizer
 from .backend import Backend, Refusal
 from .policies import Balancer, make_balancer
 from .request import Completion, RouteRequest, bare_request
+from .shared_routes import SharedRoutes
 
 
 class QueueFull(GatewayError):
@@ -55,12 +56,22 @@ class Pool:
         self.name = name
         self.cfg = cfg
         self.backends: list[Backend] = []
-        self.balancer = balancer or make_balancer(cfg.balancer, prefix=cfg.prefix_routing)
+        # Conversation -> backend records shared with other replicas: local until the app
+        # attaches the Redis client at start-up (`share_routes`).
+        self.shared_routes = SharedRoutes(name, cfg.prefix_routing.ttl, cfg.prefix_routing.shared_local_ttl,
+                                          cfg.prefix_routing.shared_timeout)
+        self.balancer = balancer or self.make_balancer(cfg)
         # For estimates of what no engine reported; loads on first use, off the loop.
         self.tokenizer = ModelTokenizer(cfg.tokenizer_path)
         self._waiters: deque[tuple[asyncio.Future[Backend], frozenset[Backend], RouteRequest]] = deque()
         self.demand: Demand | None = None
         self.last_release = 0.0  # monotonic; idle timeouts count from here
+
+    def make_balancer(self, cfg: PoolConfig) -> Balancer:
+        p = cfg.prefix_routing
+        s = self.shared_routes
+        s.ttl, s.local_ttl, s.timeout = p.ttl, p.shared_local_ttl, p.shared_timeout
+        return make_balancer(cfg.balancer, prefix=p, shared=s)
 
     # --- membership (called by the supervisor / reload) ---
 
@@ -117,6 +128,9 @@ class Pool:
     async def acquire(self, request: RouteRequest | None = None, exclude: frozenset[Backend] = frozenset()) -> Backend:
         """A backend for `request`, counted as in flight there until `release`."""
         request = request if request is not None else bare_request()
+        shared_state = self.balancer.prepare(request)
+        if shared_state is not None:
+            await shared_state  # bounded by the policy (e.g. a Redis read with a timeout)
         if not self._waiters:
             b = self._dispatch(request, exclude)
             if b is not None:

@@ -38,6 +38,9 @@ class PromptBlocks:
     # conversation, not just a prefix all conversations share.
     key_blocks: int
     size: int  # prompt bytes hashed
+    # The prompt goes past its opening (a conversation's later turn): only then can another
+    # replica have routed this conversation before (routing.shared_routes).
+    follow_up: bool = False
 
     @property
     def empty(self) -> bool:
@@ -109,4 +112,5 @@ def prompt_blocks(endpoint: str, body: dict[str, Any], block_bytes: int) -> Prom
         key=_digest(memoryview(data)[:key_end]),
         key_blocks=-(-key_end // block_bytes),
         size=len(data),
+        follow_up=key_end < len(data),
     )

@@ -168,6 +168,9 @@ class GatewayApp:
         if cfg.metering.enabled:
             s.meter = await Meter.start(cfg)
         s.limiter = await Limiter.start(cfg, s.meter)
+        # Replicas sharing the limits' Redis also share conversation -> backend records.
+        for pool in s.pools.values():
+            pool.shared_routes.attach(s.limiter.redis)
         s.key_sync = await KeySync.start(cfg, s.keyring)
         if cfg.redis_url:
             # Replicas share which engine stored each Responses id (routing/affinity.py).
@@ -198,6 +201,8 @@ class GatewayApp:
         if s.key_sync is not None:
             await s.key_sync.close()
             s.key_sync = None
+        for pool in s.pools.values():
+            await pool.shared_routes.close()  # pending record writes, before their client goes
         if s.limiter is not None:
             await s.limiter.close()
         await s.affinity.close()

@@ -115,18 +115,24 @@ class KvCache:
     async def allocate(self, prompt_hashes: list[int], prompt_len: int, total_tokens: int) -> KvAllocation:
         """Reference the cached prefix and allocate the rest of `total_tokens`, waiting while the
         cache is too full (the blocks of running requests are never evicted). Records stats."""
-        bs = self.block_size
-        need_total = -(-total_tokens // bs)
         while True:
-            hit = self.cached_prefix_blocks(prompt_hashes, prompt_len)
-            # Evictable hits are counted in _free_blocks but get no new block: only the rest is new.
-            revived = sum(1 for h in prompt_hashes[:hit] if self._refs[h] == 0)
-            if need_total - hit + revived <= self._free_blocks():
-                break
+            alloc = self.try_allocate(prompt_hashes, prompt_len, total_tokens)
+            if alloc is not None:
+                return alloc
             if self._freed is None:
                 self._freed = asyncio.Event()
             self._freed.clear()
             await self._freed.wait()
+
+    def try_allocate(self, prompt_hashes: list[int], prompt_len: int, total_tokens: int) -> KvAllocation | None:
+        """`allocate` without waiting: None when the cache is too full now (nothing changed)."""
+        bs = self.block_size
+        need_total = -(-total_tokens // bs)
+        hit = self.cached_prefix_blocks(prompt_hashes, prompt_len)
+        # Evictable hits are counted in _free_blocks but get no new block: only the rest is new.
+        revived = sum(1 for h in prompt_hashes[:hit] if self._refs[h] == 0)
+        if need_total - hit + revived > self._free_blocks():
+            return None
         if self.enabled:
             self.stats.queries += prompt_len
             self.stats.hits += hit * bs

@@ -172,6 +172,9 @@ class _Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, object]] = []
 
+    def prepare(self, request):  # type: ignore[no-untyped-def]
+        self.events.append(("prepare", "", request))
+
     def choose(self, candidates, request):  # type: ignore[no-untyped-def]
         return min(candidates, key=lambda b: b.outstanding)
 
@@ -200,7 +203,8 @@ def test_pool_calls_dispatch_and_complete_hooks_once_per_request_queued_or_not()
         second = await waiter  # dispatched from the queue: its own request view
         p.release(second, r2, None)
         assert [(e[0], e[2]) for e in rec.events] == [
-            ("dispatch", r1), ("complete", done), ("dispatch", r2), ("complete", None),
+            ("prepare", r1), ("dispatch", r1), ("prepare", r2), ("complete", done), ("dispatch", r2),
+            ("complete", None),
         ]
         b = p.backends[0]
         assert b.outstanding == 0 and b.cache.prompt_tokens == 100 and b.cache.cached_tokens == 60
