@@ -93,4 +93,7 @@ def test_redis_paused_requests_wait_at_most_the_timeout_then_degrade() -> None:
         assert (codes.count(200), codes.count(429)) == (25, 15), codes
         assert took < 8, took  # the first waits up to the 2 s timeout, the rest are decided at once
         d = _degraded(c)
-        assert d.get("timeout", 0) >= 1 and sum(d.values()) == 40, d
+        # Whoever meets the paused Redis first marks it down: the first request (one
+        # `timeout`, the rest `backoff`) or the 2 s heartbeat (all `backoff`); either way no
+        # more than one request waits out the timeout, and every decision is counted.
+        assert set(d) <= {"timeout", "backoff"} and d.get("timeout", 0) <= 1 and sum(d.values()) == 40, d
