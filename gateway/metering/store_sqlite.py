@@ -111,7 +111,11 @@ class SqliteStore:
         def _insert() -> None:
             # One transaction per batch: all rows or none, so a retry cannot duplicate.
             # Several rows per INSERT: `executemany` steps once per row, and each step
-            # hands the GIL back and forth with the event loop thread.
+            # hands the GIL back and forth with the event loop thread. A batch that fits
+            # one INSERT needs no BEGIN/COMMIT (a statement is atomic): one step in all.
+            if len(rows) <= per:
+                self._w.execute(_insert_sql(len(rows)), list(itertools.chain.from_iterable(rows)))
+                return
             with _transaction(self._w):
                 for i in range(0, len(rows), per):
                     part = rows[i : i + per]
