@@ -30,6 +30,11 @@ def replace_model(data: bytes, name: bytes) -> bytes:
         i = data.find(marker)
         if i >= 0:
             j = i + len(marker)
+            end = j + len(name)
+            if data.startswith(name, j) and data[end : end + 1] == b'"':
+                # Already `name` (the common case: the engine serves the requested name). An
+                # escaped name never ends in a lone backslash, so that quote closes the string.
+                return data
             k = _string_end(data, j)
             if k < 0 or data[j:k] == name:
                 return data
