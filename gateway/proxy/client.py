@@ -70,6 +70,8 @@ class _Conn(asyncio.Protocol):
         self.error: BaseException | None = None
         self.last_read = 0.0
         self.idle_since = 0.0
+        self.reused = False  # taken from the idle list rather than freshly connected
+        self.got_bytes = False  # any byte of the current response arrived
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -80,6 +82,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self.session.loop.time()
+        self.got_bytes = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
@@ -170,6 +173,7 @@ class _Conn(asyncio.Protocol):
         # The parser itself carries on: llhttp parses one keep-alive response after
         # another. Only a connection whose response was read to its end comes back here.
         self.status, self.headers, self.complete, self.error = 0, {}, False, None
+        self.got_bytes = False
         self._chunks.clear()
         self._buffered = 0
 
@@ -224,11 +228,24 @@ class _Call:
         self._timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> _Response:
+        try:
+            return await self._send(fresh=False)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            conn = self.conn
+            if conn is None or not conn.reused or conn.got_bytes:
+                raise
+        # A kept-alive connection the engine closed just as we reused it (its idle timer
+        # raced our write): nothing of an answer came back, so the engine never took the
+        # request. One retry on a fresh connection, instead of failing the request and
+        # marking a healthy engine unreachable. A fresh connection that fails is real.
+        return await self._send(fresh=True)
+
+    async def _send(self, fresh: bool) -> _Response:
         s = self.s
         key, hostport, path = s.split(self.url)
         t = self.timeout
         read_timeout = (t.sock_read or t.total) if t is not None else None
-        conn = await s.acquire(key, (t.sock_connect or t.connect or t.total) if t is not None else None)
+        conn = await s.acquire(key, (t.sock_connect or t.connect or t.total) if t is not None else None, fresh)
         self.conn = conn
         body = self.data or b""
         head = [f"{self.method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: {len(body)}\r\n"]
@@ -309,8 +326,8 @@ class RawSession:
                 self._urls[url] = hit
         return hit
 
-    async def acquire(self, key: Key, connect_timeout: float | None) -> _Conn:
-        idle = self._idle.get(key)
+    async def acquire(self, key: Key, connect_timeout: float | None, fresh: bool = False) -> _Conn:
+        idle = None if fresh else self._idle.get(key)
         now = self.loop.time()
         while idle:
             c = idle.pop()  # most recently used first: keeps a hot set of connections
@@ -320,6 +337,7 @@ class RawSession:
                 c.close()
                 continue
             c.reset()
+            c.reused = True
             return c
         scheme, host, port = key
         tls: dict[str, Any] = {}

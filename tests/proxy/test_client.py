@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 
 import aiohttp
@@ -88,8 +89,9 @@ class _LossSeenBeforeSend(RawSession):
         super().forget(c)
         self.lost.set()
 
-    async def acquire(self, key: httpclient.Key, connect_timeout: float | None) -> httpclient._Conn:
-        conn = await super().acquire(key, connect_timeout)
+    async def acquire(self, key: httpclient.Key, connect_timeout: float | None,
+                      fresh: bool = False) -> httpclient._Conn:
+        conn = await super().acquire(key, connect_timeout, fresh)
         async with asyncio.timeout(5):
             await self.lost.wait()
         assert conn.closed and conn.error is not None
@@ -117,6 +119,97 @@ def test_connection_lost_before_send_fails_the_request_instead_of_hanging() -> N
             await s.close()
             server.close()
             await server.wait_closed()
+
+    asyncio.run(run())
+
+
+_OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def _close_all(server: asyncio.Server, writers: list[asyncio.StreamWriter]) -> None:
+    """Closes the listener and every accepted connection (3.11's wait_closed does not)."""
+    server.close()
+    for w in writers:
+        w.close()
+        with contextlib.suppress(ConnectionError):
+            await w.wait_closed()
+    await server.wait_closed()
+
+
+async def _read_request(r: asyncio.StreamReader) -> bool:
+    """Reads one request (head + Content-Length body); False when the client closed."""
+    try:
+        head = await r.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return False
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    await r.readexactly(length)
+    return True
+
+
+def test_kept_alive_connection_closed_by_the_engine_on_reuse_is_retried_fresh() -> None:
+    """An engine closing an idle keep-alive connection just as the gateway reuses it (the
+    race with uvicorn's 5 s keep-alive timeout) used to fail the request and mark a healthy
+    backend unreachable. The engine never saw the request: one retry on a fresh connection."""
+
+    async def run() -> None:
+        connections: list[asyncio.StreamWriter] = []
+
+        async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            connections.append(w)
+            first_connection = len(connections) == 1
+            served = 0
+            while await _read_request(r):
+                if first_connection and served == 1:
+                    break  # the reused connection: closed with no answer
+                w.write(_OK)
+                await w.drain()
+                served += 1
+            w.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/x"
+        s = RawSession()
+        t = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=2)
+        try:
+            async with asyncio.timeout(5):
+                for _ in range(2):
+                    async with s.post(url, data=b"{}", timeout=t) as resp:
+                        assert resp.status == 200 and await resp.read() == b"{}"
+            assert len(connections) == 2  # the second request went out again, on a new one
+        finally:
+            await s.close()
+            await _close_all(server, connections)
+
+    asyncio.run(run())
+
+
+def test_fresh_connection_closed_without_answer_is_not_retried() -> None:
+    """Only a reused connection gets the retry: an engine that drops a fresh connection's
+    request is failing, and the pipeline must hear it (to try another backend)."""
+
+    async def run() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            accepted.append(w)
+            await _read_request(r)
+            w.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/x"
+        s = RawSession()
+        t = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=2)
+        try:
+            async with asyncio.timeout(5):
+                with pytest.raises(aiohttp.ServerDisconnectedError):
+                    async with s.post(url, data=b"{}", timeout=t):
+                        pass
+            assert len(accepted) == 1
+        finally:
+            await s.close()
+            await _close_all(server, accepted)
 
     asyncio.run(run())
 
