@@ -53,7 +53,11 @@ class ServerConfig(_Model):
     # While a client does not read, the relay keeps reading the engine's stream into this
     # much memory per request, so the engine is never held back by one slow client; past
     # it the client is cut and the engine request aborted (its slot frees at once).
-    relay_buffer_bytes: int = Field(1024 * 1024, ge=64 * 1024)
+    relay_buffer_bytes: int = Field(256 * 1024, ge=64 * 1024)
+    # The kernel's send buffer per client connection (SO_SNDBUF; 0: the kernel's autotuning,
+    # which lets one non-reading client absorb megabytes before the relay even notices).
+    # Bounds kernel memory per slow client too; 256 KiB still fills a 20 MB/s x 50 ms path.
+    client_send_buffer_bytes: int = Field(256 * 1024, ge=0)
     keep_alive_timeout: float = Field(75.0, gt=0)  # longer than typical client pools' idle timeout
     max_header_bytes: int = Field(64 * 1024, ge=1024)
 

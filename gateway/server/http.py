@@ -11,7 +11,8 @@ The server owns client-side robustness (issue #13):
   `keep_alive_timeout`; headers past `max_header_bytes` get a 431;
 - a client that does not read never holds an engine back: while its socket is not
   writable the relay keeps reading the engine's stream into the transport's buffer, up
-  to `relay_buffer_bytes` per request. Past that bound, or once the client has read
+  to `relay_buffer_bytes` per request (and the kernel holds at most about twice
+  `client_send_buffer_bytes`: a fixed SO_SNDBUF, not autotuning's megabytes). Past that bound, or once the client has read
   nothing for `write_timeout`, the connection is reset and the request cancelled
   ("stalled"), which closes the engine connection (the engine aborts the request) and
   frees the pool slot at once. A stream that fits in the bound finishes, and its slot
@@ -228,6 +229,8 @@ class HttpConnection(asyncio.Protocol):
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.cfg.client_send_buffer_bytes:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.cfg.client_send_buffer_bytes)
             except OSError:
                 pass
         self.server.connections.add(self)

@@ -158,3 +158,24 @@ pools:
                         events, last = events + 1, line
                         time.sleep(0.05)  # 30 x 50 ms: longer than the write timeout in total
             assert events >= 30 and last == "data: [DONE]"
+
+
+def test_client_sockets_get_the_configured_send_buffer() -> None:
+    # A fixed SO_SNDBUF, not the kernel's autotuning (megabytes on loopback): what a client
+    # that stops reading can absorb before the relay buffer takes over stays small.
+    with SimProcess(["--served-model-name", "m"]) as sim:
+        cfg = auth_yaml() + f"""
+server: {{client_send_buffer_bytes: 131072}}
+store: "memory://"
+pools:
+  m: {{endpoints: ["{sim.base_url}"]}}
+"""
+        with GatewayServer(cfg) as gw, socket.create_connection(("127.0.0.1", gw.port)) as s:
+            assert wait_until(lambda: len(gw.server.connections) == 1, 5)
+            conn = next(iter(gw.server.connections))
+            sock = conn.transport.get_extra_info("socket")
+            # Linux doubles the value for its bookkeeping; autotuning would start at 16 KiB
+            # and grow to 4 MiB.
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 131072
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
