@@ -62,6 +62,10 @@ class RequestContext:
     delivered_events: int = 0
     delivered_dropped: int = 0
     completed: bool = False  # the engine finished normally (stream reached [DONE] / full body)
+    # Audio uploads (transcriptions) only: the file's duration from its header, None when
+    # the format does not say. Billed when the engine reports none (metering.record).
+    audio_seconds: float | None = None
+    audio_upload: bool = False
     admission: Admission | None = None  # the rate limiter's token, settled when the request ends
 
     def keep_delivered(self, data: bytes) -> None:

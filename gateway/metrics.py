@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .metering.record import billed_audio_seconds
 from .routing.backend import BackendState
 
 if TYPE_CHECKING:
@@ -71,6 +72,10 @@ class Metrics:
             "gateway_engine_wake_seconds", "Spawned engines: wake from sleep mode to READY.",
             ["pool"], buckets=_LOAD_BUCKETS, registry=r,
         )  # fmt: skip
+        self.audio_seconds = Counter(
+            "gateway_audio_seconds", "Seconds of audio transcribed (billed: rounded up per request), by pool and key.",
+            ["pool", "key"], registry=r,
+        )  # fmt: skip
         self.load_wait = Histogram(
             "gateway_request_load_wait_seconds",
             "Requests that found their pool's engines stopped or asleep: time until they got a backend.",
@@ -108,6 +113,10 @@ class Metrics:
                 acc = self.tokens[(pool, key_name or NONE)] = [0, 0]
             acc[0] += _int(usage.get("prompt_tokens"))
             acc[1] += _int(usage.get("completion_tokens"))
+        if ctx.audio_upload:
+            seconds = billed_audio_seconds(ctx)
+            if seconds:
+                self._child(self.audio_seconds, (pool, self.key_label(key_name))).inc(seconds)
         refused = getattr(ctx.admission, "refused", None)
         if refused:
             self.rate_limited(key_name or NONE, refused)

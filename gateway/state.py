@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .config import GatewayConfig
 from .context import RequestIds
+from .routing.affinity import ResponseAffinity
 from .routing.pool import Pool, endpoint_backends
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class GatewayState:
     # must not start a supervisor behind its back.
     spawn_engines: bool = True
     request_ids: RequestIds = field(default_factory=RequestIds)
+    # Which backend stored each Responses API id (in process; the lifespan adds Redis).
+    affinity: ResponseAffinity = field(default_factory=ResponseAffinity)
 
     def resolve(self, model: str) -> Pool | None:
         name = self.names.get(model)

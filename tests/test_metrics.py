@@ -32,6 +32,7 @@ FIXED = {
     "gateway_backend_locality_skipped_overloaded_total",
     "gateway_backend_state", "gateway_swaps_total",
     "gateway_engine_load_seconds", "gateway_engine_wake_seconds", "gateway_request_load_wait_seconds",
+    "gateway_audio_seconds_total",
 }  # fmt: skip
 
 

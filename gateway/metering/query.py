@@ -1,7 +1,7 @@
 """Usage aggregations shared by the stores: group names, time parsing, row shape, CSV.
 
 A row is `{<group>: value, "requests", "prompt_tokens", "completion_tokens",
-"total_tokens", "estimated_requests"}`. Time groups are UTC: `hour` values look like
+"total_tokens", "estimated_requests", "audio_seconds"}` (audio: transcriptions, billed seconds). Time groups are UTC: `hour` values look like
 `2026-05-04T13:00:00Z`, `day` values `2026-05-04`.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from .record import UsageRecord
 
 GROUPS = ("key", "pool", "user", "model", "hour", "day")
-METRICS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "estimated_requests")
+METRICS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "estimated_requests", "audio_seconds")
 
 _REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -81,6 +81,7 @@ def add_record(row: dict[str, Any], rec: UsageRecord) -> None:
     row["completion_tokens"] += rec.completion_tokens
     row["total_tokens"] += rec.total_tokens
     row["estimated_requests"] += 1 if rec.estimated else 0
+    row["audio_seconds"] += rec.audio_seconds
 
 
 def merge_row(into: dict[str, Any], row: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ events; the tokenizing (when the engine reported no usage) happens later in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ FIELDS = (
     "user",
     "estimated",
     "error",
+    "audio_seconds",
 )
 
 
@@ -71,6 +73,8 @@ class UsageRecord:
     user: str | None = None
     estimated: bool = False  # tokens counted by the gateway, not reported by the engine
     error: str | None = None
+    # Seconds of audio transcribed (rounded up per request, as engines and OpenAI bill them).
+    audio_seconds: int = 0
     _pending: _Pending | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -141,6 +145,8 @@ def from_context(ctx: RequestContext, lazy: bool = False) -> UsageRecord:
         user=ctx.user,
         error=ctx.error,
     )
+    if ctx.audio_upload:
+        rec.audio_seconds = billed_audio_seconds(ctx)
     partial = ctx.usage is not None and ctx.usage_needs_end and not ctx.completed
     if ctx.usage is not None and not partial:
         rec._set_usage(ctx.usage)
@@ -155,3 +161,15 @@ def from_context(ctx: RequestContext, lazy: bool = False) -> UsageRecord:
             rec.finish_estimate()
     # Never dispatched (auth, limits, unknown model, queue full): no tokens were used.
     return rec
+
+
+def billed_audio_seconds(ctx: RequestContext) -> int:
+    """Seconds of audio an upload request is billed: the engine's own figure (vLLM's
+    `usage: {type: duration, seconds}`), else the file header's, rounded up the same way.
+    Only for an answer that started: a refused or failed upload was not transcribed."""
+    if ctx.first_byte_at is None or ctx.status >= 400:
+        return 0
+    reported = ctx.usage.get("audio_seconds") if ctx.usage is not None else None
+    if isinstance(reported, (int, float)) and not isinstance(reported, bool):
+        return math.ceil(reported)
+    return math.ceil(ctx.audio_seconds) if ctx.audio_seconds is not None else 0

@@ -5,7 +5,8 @@ Layout (prefix `gw:usage:`; standalone Redis, not Cluster):
               (`<hour>` = unix seconds of the hour's start). The durable ledger.
 - `a:<hour>`  HASH of running sums for that hour: field `<dim>\\x1f<value>\\x1f<metric>`,
               dim in key|pool|user|model|all (value "" for all; "\\x00" for None),
-              metric in requests|prompt_tokens|completion_tokens|total_tokens|estimated_requests.
+              metric in requests|prompt_tokens|completion_tokens|total_tokens|estimated_requests|
+              audio_seconds (written only when non-zero; a missing field reads as 0).
 - `hours`     ZSET of hours that have data (score = member = hour).
 - `batch:<id>` marker (7 days) that makes a retried batch a no-op.
 
@@ -96,6 +97,8 @@ class RedisStore:
                 fields[base + "completion_tokens"] += rec.completion_tokens
                 fields[base + "total_tokens"] += rec.total_tokens
                 fields[base + "estimated_requests"] += 1 if rec.estimated else 0
+                if rec.audio_seconds:  # most records have none: keep the hash small
+                    fields[base + "audio_seconds"] += rec.audio_seconds
         payload = orjson.dumps({"lists": lists, "aggs": aggs})
         await self._write(keys=[f"{PREFIX}batch:{batch_id}", PREFIX], args=[BATCH_TTL_S, payload])
 

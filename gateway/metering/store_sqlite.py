@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS usage (
     ttft REAL,
     user TEXT,
     estimated INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    audio_seconds INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 CREATE INDEX IF NOT EXISTS usage_key_ts ON usage (key, ts);
@@ -57,7 +58,10 @@ CREATE INDEX IF NOT EXISTS usage_user_ts ON usage (user, ts);
 """
 
 _ROWS_PER_INSERT = 500  # at most; fewer when SQLite's bound-variable limit is lower (999 before 3.32)
-_SUMS = "COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), SUM(estimated)"
+_SUMS = "COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), SUM(estimated), SUM(audio_seconds)"
+# Columns added after the first release, with their definition: a ledger file written by an
+# older gateway gets them on open (SQLite adds a column with a default in place, instantly).
+MIGRATIONS = (("audio_seconds", "INTEGER NOT NULL DEFAULT 0"),)
 # group -> SQL expression; a whitelist, so the name can be put into SQL safely.
 _GROUP_SQL = {
     "key": "key",
@@ -96,6 +100,7 @@ class SqliteStore:
         def _open() -> tuple[sqlite3.Connection, sqlite3.Connection]:
             w = connect(path)
             w.executescript(SCHEMA)
+            migrate(w)
             return w, connect(path)
 
         w, r = await asyncio.to_thread(_open)
@@ -154,6 +159,22 @@ class SqliteStore:
         await asyncio.to_thread(_close)
         self._wpool.shutdown(wait=False)
         self._rpool.shutdown(wait=False)
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Add the columns an older ledger lacks; returns their names."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+    added = []
+    for name, definition in MIGRATIONS:
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE usage ADD COLUMN {name} {definition}")
+            except sqlite3.OperationalError as e:  # another process opening the file won the race
+                if "duplicate column" not in str(e):
+                    raise
+                continue
+            added.append(name)
+    return added
 
 
 class _transaction:

@@ -41,8 +41,8 @@ def _openai_error(message: str, last: bytes | None) -> bytes:
 
 
 OPENAI = StreamDialect("openai", None, _openai_error, inject_usage=True)
-# Transcription streams end with [DONE] too, but their usage chunk is a form field
-# (`stream_include_usage`) the gateway leaves to the client.
+# Transcription streams end with [DONE] too, but their usage chunk is asked for by a form
+# field (`stream_include_usage`), which proxy/plan.py adds to the upload, not JSON.
 OPENAI_NO_INJECT = StreamDialect("openai", None, _openai_error, inject_usage=False)
 
 

@@ -50,8 +50,11 @@ async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContex
     tried: set[Backend] = set()
     last_error: GatewayError | None = None
     request = pool.route_request(ctx.endpoint, plan.parsed)
-    for attempt in range(pool.cfg.retries + 1):
-        backend = await pool.acquire(request, frozenset(tried))
+    # A pinned request has one possible backend: every other one is excluded, and a
+    # retry elsewhere could only be answered "not found".
+    others = frozenset(b for b in pool.backends if b is not plan.pinned) if plan.pinned is not None else frozenset()
+    for attempt in range(pool.cfg.retries + 1 if plan.pinned is None else 1):
+        backend = await pool.acquire(request, others | tried)
         ctx.backend = backend
         ctx.attempts = attempt + 1
         try:

@@ -90,6 +90,14 @@ def text_fields(raw: bytes, all_parts: list[Part]) -> dict[str, str]:
     return out
 
 
+def with_added_field(raw: bytes, all_parts: list[Part], bound: bytes, name: str, value: str) -> bytes:
+    """`raw` with one more text field, after the last part: every existing part keeps its
+    offsets, so `with_field` still applies to the result."""
+    at = all_parts[-1].end
+    part = b"\r\n--" + bound + b'\r\nContent-Disposition: form-data; name="' + name.encode() + b'"\r\n\r\n'
+    return raw[:at] + part + value.encode() + raw[at:]
+
+
 def with_field(raw: bytes, all_parts: list[Part], name: str, value: str) -> bytes:
     """`raw` with the first text field `name` set to `value` (only that slice changes)."""
     for p in all_parts:

@@ -22,14 +22,22 @@ from typing import Any
 import orjson
 
 from ..context import RequestContext
-from ..errors import GatewayError, invalid_api_key, invalid_request, model_not_found, sse_error_event
+from ..errors import (
+    GatewayError,
+    invalid_api_key,
+    invalid_request,
+    model_not_found,
+    service_unavailable,
+    sse_error_event,
+)
 from ..keys.auth import Key, bearer
+from ..routing.backend import Backend
 from ..routing.pool import Pool
 from ..server.asgi import encode_headers
 from ..server.exchange import ClientDisconnected, Exchange
 from ..server.routes import ERROR_BODIES, Route, paths_for
 from ..state import GatewayState
-from . import multipart
+from . import audio, multipart, stored
 from .forward import forward
 from .plan import Form, Plan, make_plan
 
@@ -37,7 +45,7 @@ log = logging.getLogger("gateway.inference")
 
 
 # A multipart form's fields the pipeline reads (model routing, streaming, the user).
-_FORM_FIELDS = ("model", "stream", "user")
+_FORM_FIELDS = ("model", "stream", "user", "stream_include_usage")
 _KIND_NAMES = {
     "chat": "a chat/completion model",
     "embedding": "an embedding model",
@@ -59,6 +67,11 @@ async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
         body = form.body if form is not None else parse_body(raw)
         pool = resolve(state, ctx.key, body, route)
         describe(ctx, ex, pool, body, route)
+        if form is not None:
+            ctx.audio_upload, ctx.audio_seconds = True, form.audio_seconds
+            # Transcription streams ask for usage with a form field, not `stream_options`.
+            ctx.include_usage_requested = form.body.get("stream_include_usage") is True
+        pinned = await pin_follow_up(state, pool, body) if route.stores else None
         if state.limiter is not None:
             ctx.admission = await state.limiter.admit(ctx.key, ctx)
             limit_headers = state.limiter.headers(ctx.admission)
@@ -66,6 +79,9 @@ async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
             ctx, pool, raw, body, route.upstream_path, ex.headers, encode_headers(limit_headers) or None,
             route=route, form=form,
         )
+        if route.stores:
+            stored.record_ids(plan, ctx, state.affinity)
+            plan.pinned = pinned
         assert state.http is not None
         stopped = await ex.run(forward(state.http, pool, ctx, plan, ex))
         if stopped == "disconnected" or stopped == "stalled":
@@ -137,10 +153,14 @@ def parse_form(ex: Exchange, raw: bytes) -> Form:
     parts = multipart.parts(raw, bound)
     fields = multipart.text_fields(raw, parts)
     body: dict[str, Any] = {k: fields[k] for k in _FORM_FIELDS if k in fields}
-    if "stream" in body:
-        # Form values are strings; `describe` expects JSON's boolean.
-        body["stream"] = body["stream"].strip().lower() == "true"
-    return Form(parts=parts, body=body)
+    for flag in ("stream", "stream_include_usage"):
+        if flag in body:
+            # Form values are strings; `describe` expects JSON's booleans.
+            body[flag] = body[flag].strip().lower() == "true"
+    upload = next((p for p in parts if p.name == "file" and p.filename is not None), None)
+    # A header read at fixed offsets (no decoding): meters the audio when the engine won't.
+    seconds = audio.duration(memoryview(raw)[upload.start : upload.end]) if upload is not None else None
+    return Form(parts=parts, body=body, boundary=bound, audio_seconds=seconds)
 
 
 def resolve(state: GatewayState, key: Key, body: dict[str, Any], route: Route) -> Pool:
@@ -163,6 +183,20 @@ def resolve(state: GatewayState, key: Key, body: dict[str, Any], route: Route) -
             code="model_not_supported_on_endpoint",
         )
     return pool
+
+
+async def pin_follow_up(state: GatewayState, pool: Pool, body: dict[str, Any]) -> Backend | None:
+    """The backend holding the response that `previous_response_id` continues, if known."""
+    prev = body.get("previous_response_id")
+    if not isinstance(prev, str) or not prev:
+        return None
+    b = await stored.pin(state.affinity, state.pools, pool, prev, "previous_response_id")
+    if b is not None and not b.routable:
+        raise service_unavailable(
+            f"The engine holding response {prev!r} (backend `{b.id}`) is not ready; retry shortly.",
+            code="stored_response_unavailable",
+        )
+    return b
 
 
 def describe(ctx: RequestContext, ex: Exchange, pool: Pool, body: dict[str, Any], route: Route) -> None:

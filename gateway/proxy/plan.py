@@ -25,6 +25,7 @@ from .engine_errors import normalize_error
 from .usage import Usage
 
 if TYPE_CHECKING:
+    from ..routing.backend import Backend
     from ..server.routes import Route
 
 # Rewrites applied to each relayed event / non-stream body (model names, reasoning).
@@ -64,6 +65,8 @@ class Plan:
     content_type: str = "application/json"
     # The body for an engine serving `model` under this name; None: the JSON `model` edit.
     retarget: Callable[[str], bytes] | None = None
+    # The one backend that may serve this request (it holds the stored response it names).
+    pinned: Backend | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,8 @@ class Form:
 
     parts: list[multipart.Part]
     body: dict[str, Any]
+    boundary: bytes = b""
+    audio_seconds: float | None = None  # the `file` part's duration, from its header
 
 
 def make_plan(
@@ -98,7 +103,7 @@ def make_plan(
         plan.upstream_root = route.upstream_root
         inject_usage = route.stream.inject_usage
     if form is not None:
-        _form(plan, form, client_headers)
+        _form(plan, ctx, form, client_headers)
     if ctx.stream and inject_usage and not ctx.include_usage_requested:
         # Meter streams exactly: ask the engine for its usage chunk, hide it from the client.
         plan.body = bodyedit.with_include_usage(raw, body, pool.cfg.asks_continuous_usage)
@@ -117,14 +122,25 @@ def make_plan(
     return plan
 
 
-def _form(plan: Plan, form: Form, client_headers: RawHeaders) -> None:
+def _form(plan: Plan, ctx: RequestContext, form: Form, client_headers: RawHeaders) -> None:
     # The upload goes out as it came: its own content-type (boundary) and bytes, with
     # only the `model` field's value changed when the engine serves another name.
     plan.content_type = next((v.decode("latin-1") for k, v in client_headers if k == b"content-type"), "")
-    raw, requested = plan.body, form.body.get("model")
+    raw, requested, parts = plan.body, form.body.get("model"), form.parts
+    if ctx.stream and not ctx.include_usage_requested and form.parts:
+        # Meter the stream exactly: vLLM's form field for stream usage (set, or added after
+        # the file, whose bytes do not move), and its usage chunk hidden from the client.
+        flag = "stream_include_usage"
+        if flag in form.body:  # the client sent `false`: the parts after it move, find them again
+            raw = multipart.with_field(raw, form.parts, flag, "true")
+            parts = multipart.parts(raw, form.boundary)
+        else:
+            raw = multipart.with_added_field(raw, form.parts, form.boundary, flag, "true")
+        plan.body = raw
+        plan.strip_usage = True
 
     def retarget(served: str) -> bytes:
-        return raw if served == requested else multipart.with_field(raw, form.parts, "model", served)
+        return raw if served == requested else multipart.with_field(raw, parts, "model", served)
 
     plan.retarget = retarget
 

@@ -13,6 +13,8 @@ re-encodes or changes the event.
     /v1/messages            `usage` (input/output)     `message_start` (input), `message_delta` (final)
     rerank, score           `usage` (prompt_tokens)    -
     tokenize, count_tokens  none: 0 tokens             -
+    transcriptions          `usage` {type: duration}   `data:` chunk with a `usage` object (tokens)
+                            -> `audio_seconds`
 """
 
 from __future__ import annotations
@@ -163,11 +165,17 @@ NO_TOKENS = UsageExtractor(_zero_body, _no_event, "none")
 
 
 def _transcription_body(body: bytes) -> Usage | None:
-    # `{"type": "duration", "seconds": N}`: no tokens; the ledger has no seconds column.
+    # vLLM: `{"type": "duration", "seconds": N}` (N rounded up): no tokens, the audio's
+    # length, which the ledger bills as `audio_seconds`.
     u = sse.body_usage(body)
     if u is not None and isinstance(u.get("prompt_tokens"), int):
         return u
-    return _tokens(0, 0)
+    out = _tokens(0, 0)
+    if u is not None and u.get("type") == "duration":
+        seconds = u.get("seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0:
+            out["audio_seconds"] = seconds
+    return out
 
 
 # Streams with `stream_include_usage` end with an OpenAI-shaped token usage chunk.

@@ -4,7 +4,8 @@
 routes itself and hands every other path to this app. The app still serves the whole
 API under any ASGI server (its inference routes through `AsgiExchange`).
 
-Start-up reads top-down: HTTP client -> metrics -> meter -> limiter -> keys -> engines.
+Start-up reads top-down: HTTP client -> metrics -> meter -> limiter -> keys -> stored-response
+affinity -> engines.
 Shutdown reverses it, once the server has drained connections: stop engines -> flush
 the usage ledger -> close clients.
 """
@@ -25,6 +26,7 @@ from ..metrics import Metrics
 from ..proxy import lookup, pipeline
 from ..proxy.client import make_session
 from ..ratelimit import Limiter
+from ..routing.affinity import ResponseAffinity
 from ..routing.pool import wake_pools
 from ..state import GatewayState, build_names, build_pools
 from .asgi import AsgiExchange, Receive, Scope, Send, header, send_json, send_response
@@ -167,6 +169,11 @@ class GatewayApp:
             s.meter = await Meter.start(cfg)
         s.limiter = await Limiter.start(cfg, s.meter)
         s.key_sync = await KeySync.start(cfg, s.keyring)
+        if cfg.redis_url:
+            # Replicas share which engine stored each Responses id (routing/affinity.py).
+            from ..metering.store_redis import connect as redis_connect
+
+            s.affinity = ResponseAffinity(redis=redis_connect(cfg.redis_url))
         if s.keyring.mode == "none":
             log.warning("auth.mode is `none`: every client is served without a key")
         # The supervisor also health-probes external endpoints, so it runs for every config.
@@ -193,6 +200,7 @@ class GatewayApp:
             s.key_sync = None
         if s.limiter is not None:
             await s.limiter.close()
+        await s.affinity.close()
         if s.meter is not None:
             await s.meter.close()
         if s.http is not None:

@@ -48,6 +48,9 @@ class Route:
     x_api_key: bool = False
     # A path with `{id}`: names a stored object, not a model (`proxy/lookup.py` serves it).
     by_id: bool = False
+    # The engine stores its answers (Responses): record which backend made each id, and pin
+    # `previous_response_id` follow-ups and by-id requests to it (`proxy/stored.py`).
+    stores: bool = False
 
 
 def _routes(*routes: Route) -> dict[str, Route]:
@@ -67,7 +70,8 @@ ROUTES: dict[str, Route] = _routes(
     Route("/v1/chat/completions", "chat", "/chat/completions", CHAT),
     Route("/v1/completions", "completions", "/completions", CHAT),
     Route("/v1/embeddings", "embeddings", "/embeddings", EMBEDDING, streams=False),
-    Route("/v1/responses", "responses", "/responses", CHAT, usage=usage.RESPONSES, stream=dialects.RESPONSES),
+    Route("/v1/responses", "responses", "/responses", CHAT, usage=usage.RESPONSES, stream=dialects.RESPONSES,
+          stores=True),
     Route("/v1/messages", "messages", "/messages", CHAT, usage=usage.MESSAGES, stream=dialects.MESSAGES,
           errors="anthropic", x_api_key=True),
     Route("/v1/messages/count_tokens", "count_tokens", "/messages/count_tokens", CHAT, streams=False,
@@ -89,9 +93,9 @@ ROUTES: dict[str, Route] = _routes(
 # Routes whose path holds an id: matched by prefix and suffix, after the exact table.
 ID_ROUTES: tuple[Route, ...] = (
     Route("/v1/responses/{id}/cancel", "responses_cancel", "/responses", CHAT, streams=False,
-          usage=usage.NO_TOKENS, by_id=True),
+          usage=usage.NO_TOKENS, by_id=True, stores=True),
     Route("/v1/responses/{id}", "responses_retrieve", "/responses", CHAT, streams=False, method="GET",
-          usage=usage.NO_TOKENS, by_id=True),
+          usage=usage.NO_TOKENS, by_id=True, stores=True),
 )  # fmt: skip
 
 

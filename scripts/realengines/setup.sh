@@ -2,7 +2,7 @@
 # Everything the real-engine tests need, idempotent and cached outside the clone
 # (default ~/.cache/gateway, keyed by version): vLLM's CPU build in its own venv and
 # llama.cpp's llama-server built from source (in parallel: the cold path is their sum
-# otherwise), then the deterministic tiny model (HF directory + GGUF).
+# otherwise), then the deterministic tiny models (Qwen3: HF directory + GGUF; Whisper: HF directory).
 # Writes $GATEWAY_CACHE/realengines.env (shell syntax) and prints it.
 # A warm run takes seconds: each step checks its stamp first.
 set -euo pipefail
@@ -36,6 +36,20 @@ if [ ! -f "$MODEL_DIR/.gateway-built" ]; then
   mv "$MODEL_DIR.tmp" "$MODEL_DIR"
 fi
 
+# The tiny Whisper for /v1/audio/transcriptions, keyed the same way.
+whisper_maker="$HERE/make_tiny_whisper.py"
+wkey=$(sha256sum "$whisper_maker" | cut -c1-12)
+WHISPER_DIR=$GATEWAY_CACHE/tiny-whisper-$wkey
+if [ ! -f "$WHISPER_DIR/.gateway-built" ]; then
+  rm -rf "$WHISPER_DIR.tmp"
+  "$VLLM_VENV/bin/python" "$whisper_maker" --out "$WHISPER_DIR.tmp" \
+    >"$GATEWAY_CACHE/logs/make_tiny_whisper.log" 2>&1 \
+    || { tail -40 "$GATEWAY_CACHE/logs/make_tiny_whisper.log" >&2; exit 1; }
+  touch "$WHISPER_DIR.tmp/.gateway-built"
+  rm -rf "$WHISPER_DIR"
+  mv "$WHISPER_DIR.tmp" "$WHISPER_DIR"
+fi
+
 env_file=$GATEWAY_CACHE/realengines.env
 cat >"$env_file.tmp" <<ENV
 REALENGINES_VLLM=$VLLM_VENV/bin/vllm
@@ -44,6 +58,8 @@ REALENGINES_LLAMA_SERVER=$LLAMA_DIR/bin/llama-server
 REALENGINES_MODEL_HF=$MODEL_DIR/hf
 REALENGINES_MODEL_GGUF=$MODEL_DIR/tiny.gguf
 REALENGINES_MODEL_EXPECT=$MODEL_DIR/expect.json
+REALENGINES_WHISPER_HF=$WHISPER_DIR/hf
+REALENGINES_WHISPER_EXPECT=$WHISPER_DIR/expect.json
 ENV
 mv "$env_file.tmp" "$env_file"
 echo "realengines: ready in $(( $(date +%s) - start )) s; $env_file:" >&2

@@ -327,7 +327,7 @@ def test_usage_api_formats_and_errors(chat_sim: SimProcess) -> None:
         rows = {row["user"]: row for row in doc["data"]}
         assert rows["ann"]["requests"] == 2 and rows["bob"]["requests"] == 1
         assert set(rows["ann"]) == {"user", "requests", "prompt_tokens", "completion_tokens", "total_tokens",
-                                    "estimated_requests"}  # fmt: skip
+                                    "estimated_requests", "audio_seconds"}  # fmt: skip
         day = httpx.get(gw.url + "/admin/usage", params={"group_by": "day", "format": "csv"}, headers=ADMIN)
         assert day.headers["content-type"].startswith("text/csv")
         lines = day.text.splitlines()

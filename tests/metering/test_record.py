@@ -73,3 +73,20 @@ def test_cut_responses_stream_is_estimated_from_its_text_deltas() -> None:
     rec = from_context(ctx(endpoint="responses", stream=True, delivered=delivered, body={"input": "say hi"}))
     assert rec.estimated and rec.prompt_tokens == tokens.count_text("say hi")
     assert rec.completion_tokens == tokens.count_text(" hello")
+
+
+def test_audio_seconds_engine_figure_first_then_header_only_for_started_answers() -> None:
+    def asr(**kw: object) -> UsageRecord:
+        c = ctx(endpoint="transcriptions", pool_name="asr", audio_upload=True, **kw)  # type: ignore[arg-type]
+        if c.status < 400:
+            c.first_byte_at = c.started + 0.1
+        return from_context(c)
+
+    engine = {**usage(0, 0), "audio_seconds": 4}
+    assert asr(usage=engine, audio_seconds=2.2).audio_seconds == 4  # the engine's own figure wins
+    assert asr(usage=usage(5, 7), audio_seconds=2.2).audio_seconds == 3  # a stream: the header, rounded up
+    assert asr(usage=usage(5, 7), audio_seconds=None).audio_seconds == 0  # no duration in the header
+    assert asr(usage=engine, audio_seconds=2.2, status=400).audio_seconds == 0  # refused: not transcribed
+    chat = ctx(usage=usage(1, 1), audio_seconds=9.0)  # not an upload: never billed audio
+    chat.first_byte_at = chat.started
+    assert from_context(chat).audio_seconds == 0

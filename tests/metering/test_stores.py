@@ -29,7 +29,7 @@ def records(n: int = 400, seed: int = 1) -> list[UsageRecord]:
             pool=rnd.choice(["chat", "embed"]), model=rnd.choice(["chat", "qwen", "embed"]), backend="b",
             endpoint="chat", prompt_tokens=p, completion_tokens=c, total_tokens=p + c, status=200,
             stream=rnd.random() < 0.5, latency=0.1, ttft=0.01, user=rnd.choice(["u1", "u2", None]),
-            estimated=rnd.random() < 0.2,
+            estimated=rnd.random() < 0.2, audio_seconds=rnd.choice([0, 0, 0, 1, 7, 30]),
         ))  # fmt: skip
     return out
 
@@ -136,7 +136,9 @@ def test_time_parsing_and_csv() -> None:
         parse_time("yesterday")
     rows: list[dict[str, Any]] = aggregate(records(10), "key")
     text = to_csv(rows, "key")
-    assert text.splitlines()[0] == "key,requests,prompt_tokens,completion_tokens,total_tokens,estimated_requests"
+    assert text.splitlines()[0] == (
+        "key,requests,prompt_tokens,completion_tokens,total_tokens,estimated_requests,audio_seconds"
+    )
     assert len(text.splitlines()) == len(rows) + 1
 
 
@@ -157,3 +159,43 @@ def test_sqlite_writes_a_batch_larger_than_one_insert_whole(tmp_path: Path) -> N
     conn = sqlite3.connect(tmp_path / "u.db")
     assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM usage").fetchone() == (1234, 1234)
     conn.close()
+
+
+# The ledger schema before `audio_seconds` (as gateways up to issue #17 wrote it).
+OLD_SCHEMA = """
+CREATE TABLE usage (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT, key TEXT, pool TEXT, model TEXT,
+    backend TEXT, endpoint TEXT, prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0, total_tokens INTEGER NOT NULL DEFAULT 0,
+    status INTEGER, stream INTEGER, latency REAL, ttft REAL, user TEXT,
+    estimated INTEGER NOT NULL DEFAULT 0, error TEXT
+);
+INSERT INTO usage (ts, key, pool, prompt_tokens, completion_tokens, total_tokens) VALUES (1767225600, 'old', 'chat', 3, 4, 7);
+"""
+
+
+def test_sqlite_ledger_from_before_audio_seconds_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SCHEMA)
+
+    async def go() -> list[dict[str, Any]]:
+        store = await open_store(f"sqlite:///{path}")
+        try:
+            await store.write([UsageRecord(ts=T0 + 1, key="new", pool="asr", endpoint="transcriptions",
+                                           audio_seconds=12)], batch_id="b1")
+            return await store.query("key", None, None)
+        finally:
+            await store.close()
+
+    rows = {r["key"]: r for r in asyncio.run(go())}
+    assert rows["old"]["audio_seconds"] == 0 and rows["old"]["total_tokens"] == 7  # old rows kept, billed no audio
+    assert rows["new"]["audio_seconds"] == 12
+    # A second open finds nothing to add (and two gateways opening at once do not fail).
+    from gateway.metering.store_sqlite import connect, migrate
+
+    conn2 = connect(str(path))
+    try:
+        assert migrate(conn2) == []
+    finally:
+        conn2.close()

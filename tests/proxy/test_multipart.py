@@ -30,6 +30,21 @@ def test_fields_after_a_binary_file_and_minimal_model_edit() -> None:
     assert multipart.with_field(raw, parts, "model", "whisper-1") is raw
 
 
+def test_added_field_goes_after_every_part_and_leaves_their_offsets() -> None:
+    audio = bytes(range(256)) * 4
+    raw = form(("file", audio, "a.wav"), ("model", b"whisper-1", None))
+    parts = multipart.parts(raw, B)
+    added = multipart.with_added_field(raw, parts, B, "stream_include_usage", "true")
+    again = multipart.parts(added, B)
+    assert [(p.name, p.start, p.end) for p in again[:2]] == [(p.name, p.start, p.end) for p in parts]
+    assert multipart.text_fields(added, again) == {"model": "whisper-1", "stream_include_usage": "true"}
+    assert added[again[0].start : again[0].end] == audio
+    # The model edit still applies to the grown body (it only moves what follows it).
+    edited = multipart.with_field(added, parts, "model", "engine-asr")
+    assert multipart.text_fields(edited, multipart.parts(edited, B)) == {
+        "model": "engine-asr", "stream_include_usage": "true"}
+
+
 @pytest.mark.parametrize("ctype, raw", [
     ("application/json", b"{}"),
     ("multipart/form-data", b"--x\r\n"),

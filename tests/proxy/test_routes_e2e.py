@@ -24,7 +24,7 @@ import pytest
 from gateway.metering.record import UsageRecord
 from gateway.sim.testing import SimProcess
 
-from ..gw import CLIENT_KEY, OTHER_KEY, GatewayServer, auth_yaml, wait_until
+from ..gw import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, GatewayServer, auth_yaml, wait_until
 
 FAST = ["--ttft-ms", "1", "--itl-ms", "1", "--max-num-seqs", "32"]
 ENGINE_KEY = "engine-secret"
@@ -382,6 +382,79 @@ def test_transcription_errors_are_openai_shaped(cluster: dict[str, Any]) -> None
     with oai(cluster["gw"]) as c, pytest.raises(openai.BadRequestError) as e:
         c.audio.transcriptions.create(model="chat", file=("a.wav", io.BytesIO(wav(0.5)), "audio/wav"))
     assert e.value.body["code"] == "model_not_supported_on_endpoint"  # type: ignore[index]
+
+
+def test_transcription_stream_usage_is_asked_for_metered_exactly_and_hidden(cluster: dict[str, Any]) -> None:
+    gw, asr = cluster["gw"], cluster["asr"]
+    before, since = gw.state.meter.recorded, time.time()
+    p0, g0 = engine_tokens(asr)
+    with oai(gw) as c:
+        plain = [e.to_dict() for e in c.audio.transcriptions.create(
+            model="asr", file=("a.wav", io.BytesIO(wav(3.0)), "audio/wav"), stream=True)]
+        asked = [e.to_dict() for e in c.audio.transcriptions.create(
+            model="asr", file=("a.wav", io.BytesIO(wav(2.0)), "audio/wav"), stream=True,
+            extra_body={"stream_include_usage": True})]
+    # The gateway asked for the usage chunk on the first and hid it; the client's own request shows it.
+    assert not any("usage" in e for e in plain) and all(e["choices"] for e in plain)
+    assert asked[-1]["choices"] == [] and asked[-1]["usage"]["completion_tokens"] > 0
+    settled(gw, before + 2)
+    rows = ledger(gw, since)
+    p1, g1 = engine_tokens(asr)
+    assert not any(r.estimated for r in rows)
+    assert sum(r.prompt_tokens for r in rows) == p1 - p0 and sum(r.completion_tokens for r in rows) == g1 - g0 > 0
+
+
+def test_transcription_stream_with_usage_false_before_the_model_field(cluster: dict[str, Any]) -> None:
+    # The gateway turns the client's `false` into `true` (one byte shorter): the `model` field
+    # after it moves, and its rewrite to the engine's name must still hit the right bytes.
+    gw = cluster["gw"]
+    before, since = gw.state.meter.recorded, time.time()
+    b = "XbOuNdArY"
+
+    def field(name: str, value: str) -> bytes:
+        return f"--{b}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n".encode()
+
+    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+            f"Content-Type: audio/wav\r\n\r\n").encode() + wav(1.0) + b"\r\n" + field("stream", "true") + field(
+        "stream_include_usage", "false") + field("model", "whisper-1") + f"--{b}--\r\n".encode()
+    headers = {**CLIENT, "content-type": f"multipart/form-data; boundary={b}"}
+    with httpx.stream("POST", cluster["gw"].base_url + "/audio/transcriptions", content=body, headers=headers,
+                      timeout=20) as r:
+        assert r.status_code == 200
+        lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and not any('"usage"' in ln for ln in lines)
+    settled(gw, before + 1)
+    (rec,) = ledger(gw, since)
+    assert not rec.estimated and rec.completion_tokens > 0 and rec.model == "whisper-1"
+
+
+def test_transcriptions_bill_audio_seconds_from_the_engine_else_the_file_header(cluster: dict[str, Any]) -> None:
+    gw = cluster["gw"]
+    before, since = gw.state.meter.recorded, time.time()
+    opaque = bytes(range(256)) * 250  # 64,000 bytes, no known header: the sim says 2 s (16 kHz 16-bit)
+    with oai(gw) as c:
+        c.audio.transcriptions.create(model="asr", file=("a.wav", io.BytesIO(wav(2.5)), "audio/wav"))
+        c.audio.transcriptions.create(model="asr", file=("a.bin", io.BytesIO(opaque), "audio/ogg"))
+        for audio in (wav(4.2), opaque):
+            list(c.audio.transcriptions.create(model="asr", file=("a", io.BytesIO(audio), "audio/wav"), stream=True))
+        c.audio.transcriptions.create(model="asr", file=("a.wav", io.BytesIO(wav(1.0)), "audio/wav"),
+                                      response_format="text")
+        with pytest.raises(openai.BadRequestError):  # the engine refused it: nothing transcribed, nothing billed
+            c.audio.transcriptions.create(model="asr", file=("a.wav", io.BytesIO(wav(3.0)), "audio/wav"),
+                                          response_format="srt")
+    settled(gw, before + 6)
+    rows = sorted(ledger(gw, since), key=lambda r: r.ts)
+    # Engine's `usage.seconds` (2.5 -> 3; opaque -> 2), then the header (4.2 -> 5; opaque stream: unknown),
+    # the header again for `text` (which carries no usage), and 0 for the refusal.
+    assert [r.audio_seconds for r in rows] == [3, 2, 5, 0, 1, 0]
+    assert [r.stream for r in rows] == [False, False, True, True, False, False]
+    usage = httpx.get(gw.url + "/admin/usage", params={"group_by": "pool", "since": "1h"},
+                      headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+    assert {r["pool"]: r for r in usage["data"]}["asr"]["audio_seconds"] >= 11
+    metrics = httpx.get(gw.url + "/metrics").text
+    billed = [line for line in metrics.splitlines() if line.startswith("gateway_audio_seconds_total{")
+              and 'pool="asr"' in line]
+    assert billed and float(billed[0].rsplit(" ", 1)[1]) >= 11
 
 
 # --- the ledger equals the engines' counters --------------------------------------------------

@@ -38,6 +38,11 @@ def test_pooling_no_tokens_and_transcription() -> None:
     assert usage.POOLING.body(body) == {"prompt_tokens": 11, "completion_tokens": 0, "total_tokens": 11}
     assert usage.NO_TOKENS.body(b'{"count":2,"tokens":[1,2]}') == {"prompt_tokens": 0, "completion_tokens": 0,
                                                                    "total_tokens": 0}
-    # Duration usage has no tokens; the ledger gets 0 (and the request is counted).
-    assert usage.TRANSCRIPTION.body(b'{"text":"hi","usage":{"type":"duration","seconds":3}}')["total_tokens"] == 0
-    assert usage.TRANSCRIPTION.body(b"plain text answer")["total_tokens"] == 0
+    # Duration usage has no tokens: 0 tokens, and the seconds for the ledger's audio column.
+    assert usage.TRANSCRIPTION.body(b'{"text":"hi","usage":{"type":"duration","seconds":3}}') == {
+        "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "audio_seconds": 3}
+    assert usage.TRANSCRIPTION.body(b"plain text answer") == {"prompt_tokens": 0, "completion_tokens": 0,
+                                                              "total_tokens": 0}
+    for bad in (b'"-1"', b"-1", b"true", b"null"):
+        u = usage.TRANSCRIPTION.body(b'{"text":"hi","usage":{"type":"duration","seconds":' + bad + b"}}")
+        assert u is not None and "audio_seconds" not in u

@@ -50,6 +50,9 @@ class RealEngines:
     model_hf: str
     model_gguf: str
     expect: dict[str, Any]
+    # The tiny Whisper (make_tiny_whisper.py); None in an env file from before it existed.
+    whisper_hf: str | None = None
+    whisper_expect: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, env_file: Path = ENV_FILE) -> RealEngines:
@@ -63,6 +66,12 @@ class RealEngines:
             model_hf=values["REALENGINES_MODEL_HF"],
             model_gguf=values["REALENGINES_MODEL_GGUF"],
             expect=json.loads(Path(values["REALENGINES_MODEL_EXPECT"]).read_text()),
+            whisper_hf=values.get("REALENGINES_WHISPER_HF"),
+            whisper_expect=(
+                json.loads(Path(values["REALENGINES_WHISPER_EXPECT"]).read_text())
+                if "REALENGINES_WHISPER_EXPECT" in values
+                else None
+            ),
         )
 
 
