@@ -59,6 +59,11 @@ class ServerConfig(_Model):
     # Bounds kernel memory per slow client too; 256 KiB still fills a 20 MB/s x 50 ms path.
     client_send_buffer_bytes: int = Field(256 * 1024, ge=0)
     keep_alive_timeout: float = Field(75.0, gt=0)  # longer than typical client pools' idle timeout
+    # A streamed request still waiting for a backend (a model loading) after this many
+    # seconds gets its headers and an SSE comment every this many seconds, so clients and
+    # proxies with a read timeout keep waiting (proxy/keepalive.py). None: off; errors after
+    # the early 200 arrive as stream error events, not as HTTP statuses.
+    stream_keepalive: float | None = Field(None, gt=0)
     max_header_bytes: int = Field(64 * 1024, ge=1024)
 
 
@@ -337,6 +342,11 @@ class SwapConfig(_Model):
     # A wake costs seconds and a cold start minutes: 30 s of service per turn keeps the
     # swap overhead a small share of the time even with two pools always asking.
     min_residency: float = Field(30.0, ge=0)
+    # ...and at least this many times what the swap that ends its turn costs (measured: its
+    # own last sleep or stop plus the wanted model's last wake or cold load), so the device's
+    # time lost to swapping stays under 1/(1+cost_factor) of it whatever the arrival pattern:
+    # making way for a 5 s cold load takes a longer turn than for a 0.3 s wake. 0: off.
+    cost_factor: float = Field(2.0, ge=0)
     # The resident leaves only after a pause this long in its traffic (nothing queued or in
     # flight): its users are between conversations, not waiting for the next turn.
     idle_grace: float = Field(2.0, ge=0)

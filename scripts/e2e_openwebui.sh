@@ -6,6 +6,8 @@
 #   scripts/e2e_openwebui.sh           # both (install is skipped when already done)
 #   scripts/e2e_openwebui.sh run --gateway-url http://127.0.0.1:8000   # a gateway already running
 #   (after `run`, arguments go to the driver: scripts/e2e_openwebui.py --help)
+#   scripts/e2e_openwebui.sh load-timeout  # how long Open WebUI waits for a loading model (~8 min;
+#                                          # arguments: scripts/owui_load_timeout.py --help)
 #
 # Cost: the install downloads Open WebUI 0.12.x and its dependencies from PyPI
 # (2-6 min depending on the network, ~3.1 GB in var/e2e/venv; torch comes from the
@@ -96,24 +98,14 @@ ensure_chromium() {
     [ -x "$CHROMIUM" ] || { log "no chromium at $CHROMIUM"; exit 1; }
 }
 
-do_run() {
-    [ -f "$MARKER" ] || { log "Open WebUI is not installed: run '$0 install' first"; exit 1; }
-    [ -x "$GATEWAY_PY" ] || { log "no gateway interpreter at $GATEWAY_PY (create $ROOT/.venv)"; exit 1; }
-    ensure_chromium
-    mkdir -p "$ROOT/docs/screenshots" "$E2E_DIR"
-    log "running the driver (bounded to ${E2E_TIMEOUT}s); log: $E2E_DIR/e2e.log"
-    # timeout sends SIGTERM first: the driver turns it into SystemExit and stops its
-    # children by PID. timeout runs in its own process group, so Ctrl-C at the terminal
-    # would not reach it: the trap forwards INT/TERM to it (it relays them to the driver).
-    timeout --kill-after=30 "$E2E_TIMEOUT" "$VENV/bin/python" "$ROOT/scripts/e2e_openwebui.py" \
-        --root "$ROOT" \
-        --work-dir "$E2E_DIR" \
-        --gateway-python "$GATEWAY_PY" \
-        --open-webui "$VENV/bin/open-webui" \
-        --chromium "$CHROMIUM" \
-        --screenshots "$ROOT/docs/screenshots" \
-        --deadline "$((E2E_TIMEOUT - 60))" \
-        "$@" > >(tee "$E2E_DIR/e2e.log") 2>&1 &
+# Run a driver under `timeout LIMIT`, its output also in LOGFILE: bounded_driver LIMIT LOGFILE argv...
+# timeout sends SIGTERM first: the driver turns it into SystemExit and stops its children
+# by PID. timeout runs in its own process group, so Ctrl-C at the terminal would not reach
+# it: the trap forwards INT/TERM to it (it relays them to the driver).
+bounded_driver() {
+    local limit="$1" logfile="$2"
+    shift 2
+    timeout --kill-after=30 "$limit" "$@" > >(tee "$logfile") 2>&1 &
     local pid=$! rc=0
     trap 'kill -TERM "$pid" 2>/dev/null || true' INT TERM
     wait "$pid" || rc=$?
@@ -123,14 +115,56 @@ do_run() {
         wait "$pid" || rc=$?
     done
     trap - INT TERM
+    return "$rc"
+}
+
+check_installed() {
+    [ -f "$MARKER" ] || { log "Open WebUI is not installed: run '$0 install' first"; exit 1; }
+    [ -x "$GATEWAY_PY" ] || { log "no gateway interpreter at $GATEWAY_PY (create $ROOT/.venv)"; exit 1; }
+    ensure_chromium
+    mkdir -p "$E2E_DIR"
+}
+
+do_run() {
+    check_installed
+    mkdir -p "$ROOT/docs/screenshots"
+    log "running the driver (bounded to ${E2E_TIMEOUT}s); log: $E2E_DIR/e2e.log"
+    local rc=0
+    bounded_driver "$E2E_TIMEOUT" "$E2E_DIR/e2e.log" "$VENV/bin/python" "$ROOT/scripts/e2e_openwebui.py" \
+        --root "$ROOT" \
+        --work-dir "$E2E_DIR" \
+        --gateway-python "$GATEWAY_PY" \
+        --open-webui "$VENV/bin/open-webui" \
+        --chromium "$CHROMIUM" \
+        --screenshots "$ROOT/docs/screenshots" \
+        --deadline "$((E2E_TIMEOUT - 60))" \
+        "$@" || rc=$?
     log "driver exit status $rc (0 pass, 1 a check failed, 2 set-up failed, 124 timed out)"
+    return "$rc"
+}
+
+# The load-timeout measurement: on-demand pools with slow simulated start-ups behind
+# several Open WebUI instances (scripts/owui_load_timeout.py). LOAD_TIMEOUT_LIMIT bounds it.
+do_load_timeout() {
+    check_installed
+    local limit="${LOAD_TIMEOUT_LIMIT:-1200}" rc=0
+    log "measuring Open WebUI's tolerance of model loads (bounded to ${limit}s); log: $E2E_DIR/load-timeout.log"
+    bounded_driver "$limit" "$E2E_DIR/load-timeout.log" "$VENV/bin/python" "$ROOT/scripts/owui_load_timeout.py" \
+        --root "$ROOT" \
+        --work-dir "$E2E_DIR" \
+        --gateway-python "$GATEWAY_PY" \
+        --open-webui "$VENV/bin/open-webui" \
+        --chromium "$CHROMIUM" \
+        "$@" || rc=$?
+    log "load-timeout exit status $rc (0 measured, 2 set-up failed, 124 timed out)"
     return "$rc"
 }
 
 case "${1:-all}" in
     install) do_install ;;
     run) shift; do_run "$@" ;;
+    load-timeout) shift; do_load_timeout "$@" ;;
     all) do_install && do_run ;;
-    -h | --help) sed -n '2,21p' "$0" ;;
-    *) echo "usage: $0 [install|run|all]" >&2; exit 2 ;;
+    -h | --help) sed -n '2,23p' "$0" ;;
+    *) echo "usage: $0 [install|run|load-timeout|all]" >&2; exit 2 ;;
 esac

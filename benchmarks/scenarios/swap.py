@@ -15,19 +15,26 @@ streams 20 tokens. Each configuration gets a fresh gateway (its own process, pin
 in the other scenarios); one request for each model first (A, then B: both engines have
 loaded once, as in a gateway that has been up a while), then the trace, open-loop.
 
-Configurations: swap policy `residency` (min_residency 2 s, idle_grace 1 s, max_defer 15 s;
-scaled to the simulated engines' load times) vs `fcfs` (swap as soon as another model is asked for,
-after draining), each with sleep mode (sleep level 1 / wake) and without (stop / start).
+Configurations: swap policy `residency` (min_residency 2 s, idle_grace 1 s, max_defer 15 s,
+cost_factor 2 (the default): a turn lasts at least 2 x the measured cost of the swap that ends
+it, so 2 s (min_residency) before a ~0.7 s sleep + wake, ~10-12 s before a stop + cold load) vs
+`fcfs` (swap as soon as another model is asked for, after draining), each with sleep mode
+(sleep level 1 / wake) and without (stop / start). All four run in one invocation on the same
+trace (same seed).
 
 Measured per configuration: requests, failed (HTTP error or transport error), aborted
 (finish_reason "abort"), swaps (the gateway's gateway_swaps_total), TTFT p50/p99 over all
 requests and over the requests that waited for a load, engine wake/load time (engine-side
 durations, from the simulator's own transition log and the gateway's histograms).
 
-Gateway-added time after a swap: a separate probe. With A resident and idle past its
-min_residency, one request for B: its client TTFT minus the engine-reported time of A's
-sleep, B's wake and B's TTFT, i.e. what the gateway itself spends noticing, draining,
-deciding and routing. Repeated alternately 6 (quick: 4) times.
+Gateway-added time after a swap: a separate probe, in both residency configurations. With A
+resident and idle past its turn, one request for B: its client TTFT minus the engine's own
+time: with sleep, A's sleep and B's wake as the simulator reports them; with stop/start, A's
+stop (SIGTERM to exit, as the gateway measured it: the sim does not outlive it to report)
+and B's boot-to-ready (`ready_after_s`: from the kernel's process start, interpreter
+included). B's TTFT (5 ms) is subtracted too. What is left is what the gateway itself spends
+noticing, draining, deciding, spawning, detecting readiness and routing. Repeated
+alternately 6 (quick: 4) times; the first cold start of each model is not counted.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ SIM_ARGS = ["--ttft-ms", "5", "--itl-ms", "10", "--startup-seconds", "2", "--wak
 MIN_RESIDENCY = 2.0
 IDLE_GRACE = 1.0
 MAX_DEFER = 15.0
+COST_FACTOR = 2.0  # the default, written out
 ADMIN_KEY = "bench-admin-loopback-only"  # opens /admin of a gateway on 127.0.0.1 started here
 CONFIGS = (("residency", 1), ("fcfs", 1), ("residency", 0), ("fcfs", 0))
 
@@ -103,7 +111,8 @@ engines:
   gpus: ["0"]
   log_dir: {log_dir}
   stop_grace_seconds: 5
-  swap: {{policy: {policy}, min_residency: {MIN_RESIDENCY}, idle_grace: {IDLE_GRACE}, max_defer: {MAX_DEFER}}}
+  swap: {{policy: {policy}, min_residency: {MIN_RESIDENCY}, idle_grace: {IDLE_GRACE}, max_defer: {MAX_DEFER},
+         cost_factor: {COST_FACTOR}}}
 pools:
 {pools}"""
 
@@ -190,25 +199,38 @@ async def wait_state(base: str, pool: str, state: str, timeout: float = 60.0) ->
         await asyncio.sleep(0.05)
 
 
-async def probe_added(base: str, rounds: int) -> list[float]:
-    """Gateway-added time of one swap with sleep mode (see module docstring)."""
+async def sim_state(port: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/sim/state") as r:
+        return dict(await r.json())
+
+
+async def probe_added(base: str, rounds: int, sleep: bool) -> list[float]:
+    """Gateway-added time of one swap (see module docstring)."""
     added: list[float] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
         await one(http, base, "a")  # a resident
         for i in range(rounds):
             want, leave = ("b", "a") if i % 2 == 0 else ("a", "b")
             row = await wait_state(base, leave, "ready")
-            # The resident must be evictable at once (residency: idle past min_residency and idle_grace).
-            await asyncio.sleep(max(MIN_RESIDENCY, IDLE_GRACE) + 0.2)
+            # The resident must be evictable at once: its turn over and idle past idle_grace.
+            await asyncio.sleep(max((row["turn_seconds"] or 0.0) - (row["uptime"] or 0.0), 0.0) + IDLE_GRACE + 0.3)
+            loads_before = (await backends(base))[want]["last_load_seconds"]
             out = await one(http, base, want)
             assert out.ok and out.ttft is not None, out
             rows = await backends(base)
-            sleep_op = next(t for t in reversed(await sim_ops(row["port"])) if t["op"] == "sleep")
-            wake_op = [t for t in await sim_ops(rows[want]["port"]) if t["op"] in ("wake_up", "start")]
-            wake = wake_op[-1]["seconds"] if wake_op and wake_op[-1]["op"] == "wake_up" else None
-            if wake is None:  # first turn of `want`: a cold start, not a wake
-                continue
-            added.append(out.ttft - sleep_op["seconds"] - wake - 0.005)
+            if sleep:
+                sleep_op = next(t for t in reversed(await sim_ops(row["port"])) if t["op"] == "sleep")
+                wake_op = [t for t in await sim_ops(rows[want]["port"]) if t["op"] in ("wake_up", "start")]
+                wake = wake_op[-1]["seconds"] if wake_op and wake_op[-1]["op"] == "wake_up" else None
+                if wake is None:  # first turn of `want`: a cold start, not a wake
+                    continue
+                added.append(out.ttft - sleep_op["seconds"] - wake - 0.005)
+            else:
+                if loads_before is None:  # first turn of `want`: its first cold start
+                    continue
+                stop = rows[leave]["last_park_seconds"]
+                boot = (await sim_state(rows[want]["port"]))["ready_after_s"]
+                added.append(out.ttft - stop - boot - 0.005)
     return added
 
 
@@ -245,8 +267,8 @@ def run_config(bench: Bench, policy: str, sleep: int, arrivals: list[Arrival], a
         before = bench.run(scrape(base))
         outs = bench.run(replay(base, arrivals))
         m = bench.run(scrape(base))
-        if sleep and policy == "residency" and added_rounds:
-            added = bench.run(probe_added(base, added_rounds))
+        if policy == "residency" and added_rounds:
+            added = bench.run(probe_added(base, added_rounds, bool(sleep)))
     res.requests = len(outs)
     res.failed = sum(1 for o in outs if not o.ok and o.finish != "abort")
     res.aborted = sum(1 for o in outs if o.finish == "abort")
@@ -273,11 +295,12 @@ def run(bench: Bench) -> dict[str, Any]:
     seconds = bench.pick(25.0, 45.0)
     arrivals = trace(seconds)
     results: list[Result] = []
-    added: list[float] = []
+    added: dict[str, list[float]] = {}
     for policy, sleep in CONFIGS:
         res, got = run_config(bench, policy, sleep, arrivals, bench.pick(4, 6))
         results.append(res)
-        added += got
+        if got:
+            added["sleep" if sleep else "restart"] = got
     out = {"trace_seconds": seconds, "requests": len(arrivals),
            "switches_in_trace": sum(1 for x, y in zip(arrivals, arrivals[1:], strict=False) if x.model != y.model),
            "results": [asdict(r) for r in results], "gateway_added_s": added}
@@ -304,11 +327,11 @@ def render(data: dict[str, Any], quick: bool) -> str:
             cut = 1 - rs["swaps"] / fc["swaps"]
             lines.append(f"- {'sleep/wake' if sleep else 'stop/start'}: residency makes {rs['swaps']} swaps vs "
                          f"{fc['swaps']} for fcfs: {cut:.0%} fewer (target >= 50%).")
-    added = data["gateway_added_s"]
-    if added:
-        lines.append(f"- Gateway-added time after a swap (client TTFT minus the engine-reported sleep, wake and TTFT), "
-                     f"{len(added)} swaps: median {percentile(added, 50) * 1000:.0f} ms, max {max(added) * 1000:.0f} ms "
-                     "(target < 50 ms).")
+    for mode, added in data["gateway_added_s"].items():
+        engine_side = "sleep, wake" if mode == "sleep" else "stop, boot-to-ready"
+        lines.append(f"- Gateway-added time after a swap, {'sleep/wake' if mode == 'sleep' else 'stop/start'} "
+                     f"(client TTFT minus the engine's {engine_side} and TTFT), {len(added)} swaps: "
+                     f"median {percentile(added, 50) * 1000:.0f} ms, max {max(added) * 1000:.0f} ms (target < 50 ms).")
     failed = sum(r["failed"] + r["aborted"] for r in data["results"])
     lines.append(f"- Failed or aborted requests over all configurations: {failed} (target 0).")
     for r in data["results"]:

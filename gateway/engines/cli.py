@@ -76,6 +76,8 @@ def _load(row: dict[str, Any]) -> str:
         parts.append(f"start {row['last_load_seconds']:.1f}s")
     if row.get("last_wake_seconds") is not None:
         parts.append(f"wake {row['last_wake_seconds']:.1f}s")
+    if row.get("retry_in") is not None:
+        parts.append(f"retry in {row['retry_in']:.0f}s")
     return ", ".join(parts)
 
 

@@ -31,6 +31,12 @@ async def discover(session: aiohttp.ClientSession, backend: Backend, wait: float
             data: Any = await r.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return False
+    return learn(backend, data)
+
+
+def learn(backend: Backend, data: Any) -> bool:
+    """Fill `backend.served_model` (and `max_model_len`) from a parsed `/v1/models` answer
+    (a spawned engine's readiness check already fetched it: no second request)."""
     cards = data.get("data") if isinstance(data, dict) else None
     if not isinstance(cards, list) or not cards or not isinstance(cards[0], dict):
         return False

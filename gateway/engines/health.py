@@ -6,7 +6,8 @@ pool) so probes never queue behind proxied traffic and a busy pool cannot starve
 What blocks:
 - `wait_ready` returns once the engine answers its health path with 200 AND its
   `/v1/models` lists the served name; it raises `NotReady` at the deadline, or at once if
-  the engine answers with a different model list (a misconfiguration, not a slow load).
+  the engine answers with a different model list or refuses the gateway's key with
+  401/403 (`KeyRejected`): misconfigurations, not a slow load.
 - `monitor` never returns; it calls `on_verdict(ok, detail)` each time the failure or
   success threshold is crossed, and scrapes queue gauges after each good probe.
 """
@@ -27,10 +28,28 @@ from ..routing.backend import Backend
 # Start-up polls start fast (a sim is up in 0.3 s) and slow down for engines loading for minutes.
 READY_POLL_FIRST = 0.1
 READY_POLL_MAX = 2.0
+# A start that requests wait for (on demand): every poll interval is latency added to each of
+# them, while a /health probe on loopback costs the engine next to nothing: poll this often.
+READY_POLL_WAITED = 0.025
 
 
 class NotReady(Exception):
     pass
+
+
+class KeyRejected(NotReady):
+    """The engine is up but refuses the gateway's key: a configuration error that a
+    restart (minutes of model loading for vLLM) cannot fix."""
+
+    def __init__(self, path: str, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+        said = body.decode("utf-8", "replace").strip()[:200]
+        super().__init__(
+            f"the engine rejected the gateway's key: {path} answered HTTP {status}"
+            + (f" {said}" if said else "")
+            + " (the pool's api_key differs from the engine's own --api-key); not retrying"
+        )
 
 
 @dataclass(frozen=True)
@@ -71,19 +90,27 @@ def model_ids(body: bytes) -> list[str] | None:
         return None
 
 
-async def wait_ready(session: aiohttp.ClientSession, target: ProbeTarget, served: str, within: float) -> None:
+async def wait_ready(
+    session: aiohttp.ClientSession, target: ProbeTarget, served: str, within: float, waited: bool = False
+) -> bytes:
+    """Returns the engine's `/v1/models` body. `waited`: requests are queued for this start
+    (on demand): poll every READY_POLL_WAITED."""
     deadline = time.monotonic() + within
-    delay = READY_POLL_FIRST
+    delay = READY_POLL_WAITED if waited else READY_POLL_FIRST
     last = "no answer yet"
     while True:
         per_try = max(0.5, min(5.0, deadline - time.monotonic()))
-        status, _, problem = await get(session, target.health_url, target.headers, per_try)
+        status, body, problem = await get(session, target.health_url, target.headers, per_try)
+        if status in AUTH_REFUSED:  # vLLM and llama.cpp leave it open; a proxy in front may not
+            raise KeyRejected(target.health_url.rsplit("/", 1)[-1] or "health", status, body)
         if status == 200:
             status, body, problem = await get(session, target.models_url, target.headers, per_try)
+            if status in AUTH_REFUSED:
+                raise KeyRejected("/v1/models", status, body)
             ids = model_ids(body) if status == 200 else None
             if ids is not None:
                 if served in ids:
-                    return
+                    return body
                 raise NotReady(
                     f"the engine is up but /v1/models lists {ids}, not {served!r} (check --served-model-name)"
                 )
@@ -93,7 +120,11 @@ async def wait_ready(session: aiohttp.ClientSession, target: ProbeTarget, served
         if time.monotonic() + delay >= deadline:
             raise NotReady(f"not ready after {within:g}s (last check: {last})")
         await asyncio.sleep(delay)
-        delay = min(delay * 1.5, READY_POLL_MAX)
+        if not waited:
+            delay = min(delay * 1.5, READY_POLL_MAX)
+
+
+AUTH_REFUSED = frozenset({401, 403})
 
 
 class ProbeCounter:
@@ -234,4 +265,6 @@ async def monitor(
             if verdict is not None:
                 on_verdict(verdict, problem)
         if ok and scrape_every:
-            await scrape(session, target, backend, min(cfg.timeout, max(scrape_every, 0.5)))
+            # A loaded engine may answer /metrics late; a late reading beats none (a timeout
+            # would leave the last, stale gauges in place exactly when load is high).
+            await scrape(session, target, backend, cfg.timeout)

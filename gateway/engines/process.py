@@ -9,7 +9,8 @@ below, logs one line, records the change and tells the supervisor:
     READY      -> UNHEALTHY | RESTARTING | DRAINING | STOPPED
     UNHEALTHY  -> READY | RESTARTING | DRAINING | STOPPED
     RESTARTING -> STARTING | STOPPED            (exited while serving, or a wake failed; backoff pending)
-    FAILED     -> STARTING | STOPPED            (a start attempt failed; backoff pending)
+    FAILED     -> STARTING | STOPPED            (a start attempt failed; backoff pending, or, on
+                                                 demand, the next request after the backoff)
     DRAINING   -> STOPPED | SLEEPING            (removed by a reload, idle, or swapped out; finishing requests)
     SLEEPING   -> WAKING | STOPPED              (vLLM sleep mode: process up, device memory released)
     WAKING     -> READY | RESTARTING | STOPPED  (a failed wake restarts the process)
@@ -18,6 +19,13 @@ STOPPED is final for an engine the supervisor stopped (`ended`); an engine parke
 residency coordinator (idle, swapped out, or on-demand and never started) waits in STOPPED
 or SLEEPING for `activate`. `park` and `activate` change state at once (so the router and
 the coordinator see it in the same instant) and hand the slow part to the engine's loop.
+
+An engine started by requests (`start: on_demand`, or any with an `idle_timeout`) whose
+start fails waits in FAILED for `activate` too: its process is gone, so it holds no device,
+and the supervisor answers the requests waiting for it at once instead of letting them
+wait out the start-up budget; the first request after `retry_at` (exponential backoff)
+starts it again, so a broken engine is not relaunched per request. Other engines retry on
+their own after the backoff, as before.
 
 The process runs in its own session (so stop signals reach the engine's workers too) with
 PR_SET_PDEATHSIG=SIGKILL, so a gateway killed with -9 does not leave an engine holding
@@ -29,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -39,11 +48,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
 from ..config import EnginesConfig, PoolConfig, SpawnConfig
-from ..routing.backend import Backend, BackendState
+from ..proxy.engine_errors import UPSTREAM_AUTH_FAILED, upstream_auth_message
+from ..routing.backend import Backend, BackendState, Refusal
 from . import health, launchers, sleepmode
-from .discovery import discover
+from .discovery import learn
 from .launchers import Launch, LaunchError
 from .logs import EngineLog
 from .osproc import child_setup, describe_exit, signal_group
@@ -134,11 +145,27 @@ class EngineProcess:
         self._activated = asyncio.Event()
         self.ended = False  # stopped by the supervisor: never starts again
         self.sleep_level = spec.sleep  # 0 once the engine refused to sleep: stop instead
+        self._slept_at_level = 0  # the level of the current sleep: decides how to wake
         self.parked_at: float | None = None  # monotonic, when it last left the device
+        self.failures = 0  # consecutive failed starts or unstable runs, for the backoff
+        # Started by requests and its start failed: the monotonic time from which a request
+        # may try again (inf: the spec itself is wrong). None while no such failure stands.
+        self.retry_at: float | None = None
         # Timings of the last cold load and wake (seconds), read by the supervisor's metrics.
         self.last_load: float | None = None
         self.last_wake: float | None = None
+        self.last_park: float | None = None  # its last sleep or stop, after the drain
         self._unhealthy_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def demand_started(self) -> bool:
+        """Started by requests (on demand, or again after an idle stop), not by the supervisor."""
+        return self.spec.on_demand or self.spec.idle_timeout is not None
+
+    @property
+    def parked(self) -> bool:
+        """Off its devices and waiting for `activate`: stopped, asleep, or a failed start."""
+        return self.state in PARKED or (self.state is S.FAILED and self.retry_at is not None)
 
     @property
     def id(self) -> str:
@@ -208,10 +235,9 @@ class EngineProcess:
                 self.transition(S.FAILED, self.backend.last_error)
 
     async def _loop(self) -> None:
-        failures = 0  # consecutive, for backoff; reset by a stable run
         while True:
-            if self.state is S.STOPPED:  # on demand: parked until a request needs it
-                await self._activated.wait()
+            if self.state is S.STOPPED or (self.state is S.FAILED and self.retry_at is not None):
+                await self._activated.wait()  # parked, or a failed start: until a request needs it
             self._activated.clear()
             if self.state is not S.STARTING:
                 self.backend.restarts += 1
@@ -220,11 +246,22 @@ class EngineProcess:
                 problem = await self._start_once()
             except LaunchError as e:  # the spec itself is wrong: retrying cannot help
                 self.backend.last_error = str(e)
+                self.retry_at = math.inf if self.demand_started else None
+                self.transition(S.FAILED, str(e))
+                return
+            except health.KeyRejected as e:
+                # Neither can a restart (minutes of loading for another 401): fail for good,
+                # free the memory, and answer the pool's requests with the reason at once.
+                await self._kill_group()
+                self.backend.refusal = Refusal(502, UPSTREAM_AUTH_FAILED, upstream_auth_message(e.status, e.body))
+                self.backend.last_error = str(e)
+                log.error("%s: %s", self.id, e)
+                await self.log.note(str(e))
                 self.transition(S.FAILED, str(e))
                 return
             if problem is not None:
                 self.backend.last_error = problem
-                self.transition(S.FAILED, problem)
+                # Before FAILED: a failed engine must hold nothing (port, device) once it says so.
                 await self._kill_group()
                 if self.sleep_level and SLEEP_REFUSED in "\n".join(self.log.tail(200)).lower():
                     # vLLM's CPU build refuses --enable-sleep-mode at start ("Sleep mode is
@@ -232,14 +269,21 @@ class EngineProcess:
                     log.warning("%s: the engine refused sleep mode; starting it without", self.id)
                     await self.log.note("the engine refused sleep mode: starting without it, stopping when idle")
                     self.sleep_level = 0
-                    continue
-                failures += 1
-                await asyncio.sleep(self._backoff(failures))
+                    self.transition(S.FAILED, problem)
+                    continue  # straight back to STARTING (no await in between: nobody sees it FAILED)
+                self.failures += 1
+                backoff = self._backoff(self.failures)
+                if self.demand_started:
+                    self.retry_at = time.monotonic() + backoff
+                    await self.log.note(f"start failed: a request may start it again in {backoff:g}s")
+                self.transition(S.FAILED, problem)
+                if not self.demand_started:
+                    await asyncio.sleep(backoff)
                 continue
             self.transition(S.READY, f"pid {self.pid}, {self.backend.url}")
             reason = await self._serve()
             if reason is None:  # parked in STOPPED: wait for the next activation
-                failures = 0
+                self.failures = 0
                 continue
             if self.state is S.DRAINING:
                 # Removed by a reload and it died while draining: nothing to bring back.
@@ -249,11 +293,11 @@ class EngineProcess:
             stable = self.ready_since is not None and time.monotonic() - self.ready_since >= (
                 self.engines.restart_stable_seconds
             )
-            failures = 1 if stable or self.state is S.WAKING else failures + 1
+            self.failures = 1 if stable or self.state is S.WAKING else self.failures + 1
             self.backend.last_error = reason
             self.transition(S.RESTARTING, reason)
             await self._terminate()
-            await asyncio.sleep(self._backoff(failures))
+            await asyncio.sleep(self._backoff(self.failures))
 
     async def _serve(self) -> str | None:
         """Watch a READY engine through its sleeps and wakes.
@@ -265,9 +309,12 @@ class EngineProcess:
             if isinstance(outcome, str):
                 return outcome
             await self._drain_requests(outcome)
+            parking = time.monotonic()
             if self.sleep_level:
                 problem = await self._sleep()
                 if problem is None:
+                    self._slept_at_level = self.sleep_level
+                    self.last_park = time.monotonic() - parking
                     self.transition(S.SLEEPING, outcome.reason)
                     woke = await self._asleep()
                     if woke is None:
@@ -280,6 +327,7 @@ class EngineProcess:
                 await self.log.note(f"cannot sleep ({problem}): stopping instead from now on")
                 self.sleep_level = 0
             await self._terminate()
+            self.last_park = time.monotonic() - parking
             self.transition(S.STOPPED, outcome.reason)
             return None
 
@@ -320,10 +368,15 @@ class EngineProcess:
         self._activated.clear()
         root = f"http://127.0.0.1:{self.port}"
         headers = health.auth_headers(self.launch.api_key if self.launch else None)
-        await self.log.note("wake up")
-        problem = await sleepmode.wake(self._session(), root, headers, self.spec.wake_timeout)
+        level = self._slept_at_level
+        await self.log.note("wake up" + (" and reload the weights (level 2)" if level >= 2 else ""))
+        problem = await sleepmode.wake(self._session(), root, level, headers, self.spec.wake_timeout)
         if problem is not None:
-            self.backend.last_error = f"wake failed, restarting: {problem}"
+            if problem.reload_unsupported:
+                # Its weights can never come back without a restart: stop it instead from now on.
+                await self.log.note("the engine cannot reload weights: stopping instead of sleeping from now on")
+                self.sleep_level = 0
+            self.backend.last_error = f"wake failed, restarting: {problem.message}"
             return self.backend.last_error
         self.transition(S.READY, "awake")
         return None
@@ -331,10 +384,16 @@ class EngineProcess:
     # --- on demand (called by the residency coordinator) ---
 
     def activate(self, reason: str) -> bool:
-        """Start or wake a parked engine; the loop does the work. False if not parked."""
-        if self.ended or self.state not in PARKED:
+        """Start or wake a parked engine; the loop does the work. False if not parked, or a
+        failed start whose backoff has not passed."""
+        if self.ended or not self.parked:
             return False
-        if self.state is S.SLEEPING:
+        if self.state is S.FAILED:
+            if self.retry_at is None or time.monotonic() < self.retry_at:
+                return False
+            self.retry_at = None
+            self.transition(S.STARTING, f"{reason}; retrying after a failed start")
+        elif self.state is S.SLEEPING:
             self._wake_began = time.monotonic()
             self.transition(S.WAKING, reason)
         else:
@@ -380,7 +439,8 @@ class EngineProcess:
         await self.log.note(f"pid {self.proc.pid}, port {self.port}, devices {','.join(self.devices) or '-'}")
         ready = asyncio.ensure_future(
             health.wait_ready(
-                self._session(), self._target(), launch.served_names[0], self.spec.startup_timeout
+                self._session(), self._target(), launch.served_names[0], self.spec.startup_timeout,
+                waited=self.demand_started,
             )
         )
         exited = asyncio.ensure_future(self.proc.wait())
@@ -393,10 +453,13 @@ class EngineProcess:
             await self._drain_output()
             return self._with_tail(f"{describe_exit(self.proc.returncode)} during start-up")
         exc = ready.exception()
+        if isinstance(exc, health.KeyRejected):
+            raise exc
         if exc is not None:
             return self._with_tail(str(exc))
-        # The context length goes on the gateway's own /v1/models cards (bench tools read it).
-        await discover(self._session(), self.backend)
+        # The context length goes on the gateway's own /v1/models cards (bench tools read it);
+        # from the list readiness fetched: a request may be waiting for this start.
+        learn(self.backend, orjson.loads(ready.result()))
         return None
 
     async def _spawn(self, launch: Launch) -> None:
@@ -559,6 +622,9 @@ class EngineProcess:
             "url": self.backend.url,
             "devices": ",".join(self.devices),
             "outstanding": self.backend.outstanding,
+            # The engine's own queue as last scraped: what the balancers read besides ours.
+            "engine_running": self.backend.engine_running,
+            "engine_waiting": self.backend.engine_waiting,
             "restarts": self.restarts,
             "last_error": self.backend.last_error,
             "uptime": round(now - self.ready_since, 1) if self.ready_since is not None else None,
@@ -570,8 +636,12 @@ class EngineProcess:
             "parked_for": round(now - self.parked_at, 1)
             if self.state in PARKED and self.parked_at is not None
             else None,
+            "retry_in": round(max(0.0, self.retry_at - now), 1)
+            if self.state is S.FAILED and self.retry_at is not None and math.isfinite(self.retry_at)
+            else None,
             "last_load_seconds": None if self.last_load is None else round(self.last_load, 2),
             "last_wake_seconds": None if self.last_wake is None else round(self.last_wake, 2),
+            "last_park_seconds": None if self.last_park is None else round(self.last_park, 3),
             "served_model": self.backend.served_model,
             "argv": self.launch.display_argv() if self.launch else None,
         }

@@ -301,15 +301,17 @@ class Supervisor:
     # --- change notification and the start-up view ---
 
     def _on_change(self, e: EngineProcess, old: BackendState, new: BackendState) -> None:
-        if new is S.READY:
+        if new is S.READY or e.backend.refusal is not None:
             pool = self._pool_of.get(e)
             if pool is not None:
-                pool.wake()  # queued requests proceed now
+                pool.wake()  # queued requests proceed now, or learn at once that none will
             metrics = self.state.metrics
             if metrics is not None and old is S.STARTING and e.last_load is not None:
                 metrics.engine_loaded(e.pool_name, e.last_load)
             elif metrics is not None and old is S.WAKING and e.last_wake is not None:
                 metrics.engine_woken(e.pool_name, e.last_wake)
+        if new is S.FAILED:
+            self.residency.start_failed(e)  # requests waiting for it are answered now
         if new is S.STARTING and not self._stopping:
             if self._batch_started is None:
                 self._batch_started = time.monotonic()
@@ -382,7 +384,11 @@ class Supervisor:
             for b in pool.backends:
                 e = next((x for x in self.engines if x.backend is b), None)
                 if e is not None:
-                    rows.append(e.status())
+                    row = e.status()
+                    # A resident on shared devices: the least time it keeps them once READY.
+                    turn = self.residency.shown_turn(e)
+                    row["turn_seconds"] = None if turn is None else round(turn, 2)
+                    rows.append(row)
                     listed.add(e)
                     continue
                 probe = self.probes.get(b.id)

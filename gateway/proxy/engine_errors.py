@@ -89,10 +89,25 @@ def _fastapi_detail(detail: Any) -> _EngineError:
     for d in detail if isinstance(detail, list) else []:
         if not isinstance(d, dict):
             continue
-        loc = ".".join(str(x) for x in d.get("loc", []) if x != "body")
+        where = d.get("loc")  # engines send null or a bare string here too
+        loc = ".".join(str(x) for x in (where if isinstance(where, list) else []) if x != "body")
         param = param or loc or None
         parts.append(f"{loc}: {d.get('msg', '')}" if loc else str(d.get("msg", "")))
     return _EngineError("; ".join(parts) or None, param)
+
+
+UPSTREAM_AUTH_FAILED = "upstream_auth_failed"
+
+
+def upstream_auth_message(status: int, body: bytes) -> str:
+    """What a client reads when an engine refused the gateway's own key (401/403): the
+    same words whether a request met the refusal or the readiness probe did first."""
+    said = _parse_error(body).message
+    said_part = f" (backend said: {said[:200]})" if said else ""
+    return (
+        f"The backend rejected the gateway's credentials (HTTP {status}){said_part}. "
+        "This is a gateway configuration problem, not a problem with your request."
+    )
 
 
 def normalize_error(status: int, body: bytes, content_type: str | None) -> tuple[int, bytes]:
@@ -104,14 +119,9 @@ def normalize_error(status: int, body: bytes, content_type: str | None) -> tuple
     reverse, so the body is sniffed.
     """
     del content_type
-    e = _parse_error(body)
     if status in (401, 403):
-        said = f" (backend said: {e.message[:200]})" if e.message else ""
-        msg = (
-            f"The backend rejected the gateway's credentials (HTTP {status}){said}. "
-            "This is a gateway configuration problem, not a problem with your request."
-        )
-        return 502, error_body(msg, "server_error", None, "upstream_auth_failed")
+        return 502, error_body(upstream_auth_message(status, body), "server_error", None, UPSTREAM_AUTH_FAILED)
+    e = _parse_error(body)
     message = (e.message or f"The backend answered HTTP {status} without an error message.")[:_MAX_MESSAGE]
     param = e.param
     if 400 <= status < 500 and isinstance(e.code, str) and e.code:

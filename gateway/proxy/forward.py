@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+import orjson
 
 from ..context import RequestContext
 from ..errors import GatewayError
@@ -24,7 +25,7 @@ from ..routing.backend import Backend
 from ..routing.pool import Pool
 from ..routing.request import Completion, completion_from_usage
 from ..server.exchange import Exchange, RawHeaders
-from . import n_usage, sse
+from . import keepalive, n_usage, sse
 from .bodyedit import request_for_backend
 from .headers import request_headers, response_headers
 from .plan import Plan
@@ -45,8 +46,29 @@ _CONNECT_ERRORS = (
     aiohttp.ClientOSError,
 )
 
-async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContext, plan: Plan, out: Exchange) -> None:
-    """Forward and relay; raises GatewayError only while nothing has been sent to the client."""
+async def forward(
+    session: aiohttp.ClientSession, pool: Pool, ctx: RequestContext, plan: Plan, out: Exchange,
+    stream_keepalive: float | None = None,
+) -> None:
+    """Forward and relay; raises GatewayError only while nothing has been sent to the client.
+
+    `stream_keepalive` (seconds, streamed requests only): see `keepalive`; once its early
+    headers went out, a failure ends the stream with an error event instead of raising.
+    """
+    early = keepalive.EarlyStart()
+    try:
+        await _forward(session, pool, ctx, plan, out, early, stream_keepalive if ctx.stream else None)
+    except GatewayError as e:
+        if not early.started:
+            raise
+        ctx.error = ctx.error or e.message
+        await out.end(plan.stream_error(_error_message(e), None))
+
+
+async def _forward(
+    session: aiohttp.ClientSession, pool: Pool, ctx: RequestContext, plan: Plan, out: Exchange,
+    early: keepalive.EarlyStart, every: float | None,
+) -> None:
     tried: set[Backend] = set()
     last_error: GatewayError | None = None
     request = pool.route_request(ctx.endpoint, plan.parsed)
@@ -54,11 +76,15 @@ async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContex
     # retry elsewhere could only be answered "not found".
     others = frozenset(b for b in pool.backends if b is not plan.pinned) if plan.pinned is not None else frozenset()
     for attempt in range(pool.cfg.retries + 1 if plan.pinned is None else 1):
-        backend = await pool.acquire(request, others | tried)
+        if every is None:
+            backend = await pool.acquire(request, others | tried)
+        else:
+            backend = await keepalive.acquire(pool, request, others | tried, every=every, ctx=ctx, out=out,
+                                              headers=_stream_headers([], ctx, plan), early=early)
         ctx.backend = backend
         ctx.attempts = attempt + 1
         try:
-            retry = await _attempt(session, pool, backend, ctx, plan, out)
+            retry = await _attempt(session, pool, backend, ctx, plan, out, early)
         finally:
             pool.release(backend, request, _completion(ctx) if answered(ctx) else None)
         if retry is None:
@@ -69,6 +95,20 @@ async def forward(session: aiohttp.ClientSession, pool: Pool, ctx: RequestContex
                  "retrying" if attempt < pool.cfg.retries else "giving up")
     assert last_error is not None
     raise last_error
+
+
+def _error_message(e: GatewayError) -> str:
+    """The engine's own message when it sent one (e.g. vLLM's 400 on a too-long prompt)."""
+    if e.raw_body:
+        try:
+            err = orjson.loads(e.raw_body)
+            inner = err.get("error", err) if isinstance(err, dict) else None
+            msg = inner.get("message") if isinstance(inner, dict) else None
+            if isinstance(msg, str) and msg:
+                return msg
+        except orjson.JSONDecodeError:
+            pass
+    return e.message
 
 
 def answered(ctx: RequestContext) -> bool:
@@ -86,7 +126,8 @@ def _completion(ctx: RequestContext) -> Completion:
 
 
 async def _attempt(
-    session: aiohttp.ClientSession, pool: Pool, backend: Backend, ctx: RequestContext, plan: Plan, out: Exchange
+    session: aiohttp.ClientSession, pool: Pool, backend: Backend, ctx: RequestContext, plan: Plan, out: Exchange,
+    early: keepalive.EarlyStart,
 ) -> GatewayError | None:
     """One try on one backend. Returns an error worth retrying elsewhere, or None when done."""
     t = pool.cfg.timeouts
@@ -111,7 +152,13 @@ async def _attempt(
                 raise _upstream_error(plan, resp.status, body, resp.headers.get("content-type"))
             is_sse = "text/event-stream" in resp.headers.get("content-type", "")
             if ctx.stream and is_sse:
-                await _relay_stream(resp, ctx, plan, out, started)
+                await _relay_stream(resp, ctx, plan, out, started, early)
+            elif early.started:
+                # Headers promised a stream; a whole body cannot follow them.
+                await resp.read()
+                ctx.upstream_time += time.monotonic() - started
+                raise GatewayError(502, f"Backend {backend.id} answered a streamed request without a stream.",
+                                   "upstream_error")
             else:
                 await _relay_body(resp, ctx, plan, out, started)
             return None
@@ -169,14 +216,20 @@ async def _relay_body(
     ctx.completed = True
 
 
-async def _relay_stream(
-    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, out: Exchange, started: float
-) -> None:
-    headers = [h for h in response_headers(resp.headers) if h[0] not in _SSE_HEADER_NAMES]
+def _stream_headers(upstream: RawHeaders, ctx: RequestContext, plan: Plan) -> RawHeaders:
+    headers = [h for h in upstream if h[0] not in _SSE_HEADER_NAMES]
     headers.extend(_SSE_HEADERS)
     headers.append((b"x-request-id", ctx.request_id.encode()))
     if plan.extra_headers:
         headers.extend(plan.extra_headers)
+    return headers
+
+
+async def _relay_stream(
+    resp: aiohttp.ClientResponse, ctx: RequestContext, plan: Plan, out: Exchange, started: float,
+    early: keepalive.EarlyStart,
+) -> None:
+    headers = _stream_headers(response_headers(resp.headers), ctx, plan)
     framer = sse.EventFramer()
     rewrite = plan.rewrite_event
     event_usage = plan.event_usage
@@ -185,8 +238,9 @@ async def _relay_stream(
     last: bytes | None = None
 
     async def start() -> None:
-        ctx.status = resp.status
-        await out.start(resp.status, headers)
+        if not early.started:  # else the keep-alive sent 200 and these headers stay unsent
+            ctx.status = resp.status
+            await out.start(resp.status, headers)
         ctx.first_byte_at = time.monotonic()
 
     try:

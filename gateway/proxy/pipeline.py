@@ -83,7 +83,7 @@ async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
             stored.record_ids(plan, ctx, state.affinity)
             plan.pinned = pinned
         assert state.http is not None
-        stopped = await ex.run(forward(state.http, pool, ctx, plan, ex))
+        stopped = await ex.run(forward(state.http, pool, ctx, plan, ex, state.config.server.stream_keepalive))
         if stopped == "disconnected" or stopped == "stalled":
             ctx.error = "client disconnected" if stopped == "disconnected" else "client stopped reading"
             if ctx.status == 0:
@@ -114,7 +114,7 @@ async def _end_for_shutdown(ctx: RequestContext, ex: Exchange, route: Route, pla
     """
     ctx.error = "cut short: the gateway is shutting down"
     msg = "The gateway is shutting down; this response was cut short."
-    if ctx.first_byte_at is not None:
+    if ctx.first_byte_at is not None or ctx.status != 0:  # a status went out (a keep-alive's: no byte yet)
         if ctx.stream:
             openai = route.stream.name == "openai"
             await ex.end(sse_error_event(msg, code="shutting_down") if openai else plan.stream_error(msg, None))

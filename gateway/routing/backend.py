@@ -28,6 +28,16 @@ class BackendState(StrEnum):
 PASSIVE_COOLDOWN_S = 5.0
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a backend cannot serve until the configuration changes (its engine rejects the
+    gateway's key): what requests to its pool get at once instead of queueing for it."""
+
+    status: int
+    code: str
+    message: str
+
+
 @dataclass
 class CacheStats:
     """Prefix-cache figures of one backend, for /metrics. Counters only grow."""
@@ -73,6 +83,7 @@ class Backend:
     # us: read by the speed-aware policy; None means "unknown", never "unlimited".
     engine_capacity: int | None = None
     restarts: int = 0  # times the supervisor restarted the engine behind it
+    refusal: Refusal | None = None  # set with state FAILED when retrying cannot help
     # KV cache size in tokens (vLLM's cache_config_info: num_gpu_blocks x block_size), when known.
     kv_capacity_tokens: int | None = None
     cache: CacheStats = field(default_factory=CacheStats)

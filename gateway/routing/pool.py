@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from ..config import PoolConfig
 from ..errors import GatewayError, service_unavailable
 from ..metering.model_tokenizer import ModelTokenizer
-from .backend import Backend
+from .backend import Backend, Refusal
 from .policies import Balancer, make_balancer
 from .request import Completion, RouteRequest, bare_request
 
@@ -91,6 +92,12 @@ class Pool:
     def outstanding(self) -> int:
         return sum(b.outstanding for b in self.backends)
 
+    def refusal(self) -> Refusal | None:
+        """What to answer when every backend refuses to serve until the config changes."""
+        if not self.backends or not all(b.refusal is not None for b in self.backends):
+            return None
+        return self.backends[0].refusal
+
     # --- admission ---
 
     def route_request(self, endpoint: str, body: dict[str, object]) -> RouteRequest:
@@ -114,18 +121,22 @@ class Pool:
             b = self._dispatch(request, exclude)
             if b is not None:
                 return b
+        refusal = self.refusal()
+        if refusal is not None:
+            raise GatewayError(refusal.status, refusal.message, refusal.code)
         if exclude and not any(b.routable and b not in exclude for b in self.backends):
             # A retry with nowhere else to go: do not queue behind fresh requests.
             raise service_unavailable(f"No other backend of pool `{self.name}` is available.")
         if len(self._waiters) >= self.cfg.queue.max_size:
             raise QueueFull(self.name)
-        fut: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
-        entry = (fut, exclude, request)
-        self._waiters.append(entry)
-        # Engines started on demand: the wait is bounded by their start-up, not the queue timeout.
+        # Engines started on demand: the wait is bounded by their start-up, not the queue
+        # timeout. Raises (503) when they cannot start now (a failed start in its backoff).
         demand = self.demand
         load = demand.needed(self) if demand is not None else None
         timeout = self.cfg.queue.timeout if load is None else load
+        fut: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
+        entry = (fut, exclude, request)
+        self._waiters.append(entry)
         queued_at = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
@@ -144,6 +155,9 @@ class Pool:
                 pass
             if isinstance(e, asyncio.CancelledError):
                 raise
+            refusal = self.refusal()  # the engine failed for good while this request waited
+            if refusal is not None:
+                raise GatewayError(refusal.status, refusal.message, refusal.code) from None
             ready = any(b.routable for b in self.backends)
             msg = (
                 f"Pool `{self.name}`: every backend stayed busy for {timeout:g}s."
@@ -167,8 +181,25 @@ class Pool:
         self.balancer.on_complete(backend, request if request is not None else bare_request(), completion)
         self.wake()
 
+    def fail_waiters(self, error: Callable[[], GatewayError]) -> int:
+        """Answer every queued request with `error()` now (one instance each: each is raised
+        in its own task): the engines they wait for cannot start. Returns how many waited."""
+        failed = 0
+        while self._waiters:
+            fut, _, _ = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(error())
+                failed += 1
+        return failed
+
     def wake(self) -> None:
-        """Hand freed capacity to waiters in FIFO order."""
+        """Hand freed capacity to waiters in FIFO order; answer them at once when every
+        backend refuses to serve (nothing would ever dispatch them)."""
+        refusal = self.refusal() if self._waiters else None
+        while refusal is not None and self._waiters:
+            fut = self._waiters.popleft()[0]
+            if not fut.done():
+                fut.set_exception(GatewayError(refusal.status, refusal.message, refusal.code))
         while self._waiters:
             fut, exclude, request = self._waiters[0]
             if fut.done():

@@ -154,6 +154,7 @@ class SimApp:
             "running": st.sched.running, "waiting": st.sched.waiting, "max_num_seqs": st.sched.max_num_seqs,
             "served": self.cfg.served_model_names, "model": self.cfg.model_name, "ready": st.is_ready(),
             "pid": os.getpid(), "uptime_s": round(time.time() - st.started_wall, 3),
+            "ready_after_s": st.ready_after_s(),
             "requests_total": c.requests_total, "requests_finished": c.requests_finished,
             "requests_succeeded": c.requests_succeeded, "requests_aborted": c.requests_aborted,
             "requests_failed": c.requests_failed, "prompt_tokens": st.metrics.prompt_tokens,

@@ -1,5 +1,5 @@
-"""vLLM's dev-mode endpoints (present only with VLLM_SERVER_DEV_MODE=1): sleep mode and
-prefix-cache reset. Semantics are described in gateway.sim.sleep."""
+"""vLLM's dev-mode endpoints (present only with VLLM_SERVER_DEV_MODE=1): sleep mode, the
+reload_weights collective RPC and prefix-cache reset. Semantics are described in gateway.sim.sleep."""
 
 from __future__ import annotations
 
@@ -42,6 +42,31 @@ def dev_routes(st: SimState) -> dict[str, dict[str, Endpoint]]:
     async def is_sleeping(req: Request, conn: Connection) -> None:
         conn.send(200, orjson.dumps({"is_sleeping": st.engine.is_sleeping}))
 
+    async def collective_rpc(req: Request, conn: Connection) -> None:
+        # vLLM's dev route (serve/dev/rpc/api_router.py): 400 {"detail"} for a bad body, the
+        # method runs on every worker; only reload_weights (level-2 wake) is simulated.
+        try:
+            body = orjson.loads(req.body)
+        except orjson.JSONDecodeError as exc:
+            conn.send(400, orjson.dumps({"detail": f"JSON decode error: {exc}"}))
+            return
+        if not isinstance(body, dict):
+            conn.send(400, orjson.dumps({"detail": "Request body must be a JSON object"}))
+            return
+        method = body.get("method")
+        if method is None:
+            conn.send(400, orjson.dumps({"detail": "Missing 'method' in request body"}))
+            return
+        if method != "reload_weights":
+            conn.send(500, error_body(500, f"collective_rpc: method {method!r} is not simulated"))
+            return
+        try:
+            await st.engine.reload_weights()
+        except SleepError as exc:
+            conn.send(exc.status, error_body(exc.status, str(exc)))
+            return
+        conn.send(200, orjson.dumps({"results": [None]}))  # one worker, reload_weights returns None
+
     async def reset_prefix_cache(req: Request, conn: Connection) -> None:
         st.kv.reset()  # vLLM answers 200 even when blocks in use make it refuse (it logs a warning)
         conn.send(200, b"", content_type=b"text/plain; charset=utf-8")
@@ -50,5 +75,6 @@ def dev_routes(st: SimState) -> dict[str, dict[str, Endpoint]]:
         "/sleep": {"POST": sleep},
         "/wake_up": {"POST": wake_up},
         "/is_sleeping": {"GET": is_sleeping},
+        "/collective_rpc": {"POST": collective_rpc},
         "/reset_prefix_cache": {"POST": reset_prefix_cache},
     }

@@ -75,7 +75,7 @@ def build_plans(st: SimState, req: GenRequest, http: Request) -> list[ChoicePlan
                 limit = min(req.max_tokens, room)
             if tool is not None:
                 call_id = "chatcmpl-tool-" + os.urandom(16).hex()
-                plans.append(textgen.plan_tool_call(key, tool, limit, call_id))
+                plans.append(textgen.plan_tool_call(key, tool, limit, call_id, reasoning))
             else:
                 plans.append(textgen.plan_text(key, limit, natural, req.stop, reasoning, split))
     return plans
@@ -110,8 +110,9 @@ def _cut(plan: ChoicePlan, steps: int) -> ChoicePlan:
     """What a choice had produced after `steps` steps, finished by an engine-side abort."""
     call = plan.tool_call
     if call is not None:
-        pieces = call.argument_pieces[:max(0, steps - 1)]
-        call = dataclasses.replace(call, arguments="".join(pieces), argument_pieces=pieces) if steps > 0 else None
+        call_steps = steps - len(plan.deltas)  # the reasoning before the call comes first
+        pieces = call.argument_pieces[:max(0, call_steps - 1)]
+        call = dataclasses.replace(call, arguments="".join(pieces), argument_pieces=pieces) if call_steps > 0 else None
     return dataclasses.replace(plan, deltas=plan.deltas[:steps], completion_tokens=plan.tokens_in_first(steps),
                                finish_reason="abort", stop_reason=None, tool_call=call)
 
@@ -137,7 +138,16 @@ class Generation:
         self._timer: asyncio.Future[None] | None = None
         self.itl_s = _header_ms(http, "x-sim-itl-ms", cfg.itl_ms) / 1000.0
         self.steps = max((p.steps for p in self.plans), default=0)
-        self._llamacpp_completion = not self.chat and cfg.dialect == "llamacpp"
+        self.llamacpp = cfg.dialect == "llamacpp"
+        self._llamacpp_completion = not self.chat and self.llamacpp
+        # vLLM 0.32's null members on stream chunks (llama-server has none): the chat role
+        # chunk carries prompt_token_ids/prompt_text, other chat choices token_ids, every
+        # completions choice prompt_token_ids and token_ids.
+        nulls = not self.llamacpp
+        self._chunk_nulls = {"token_ids": None} if nulls and self.chat else {}
+        if nulls and not self.chat:
+            self._chunk_nulls = {"prompt_token_ids": None, "token_ids": None}
+        self._first_nulls = b',"prompt_token_ids":null,"prompt_text":null' if nulls and self.chat else b""
         self.loop = asyncio.get_running_loop()
         self.t_arrive = self.loop.time()
 
@@ -189,6 +199,13 @@ class Generation:
             self._timer.set_result(None)
 
     def _usage(self, plans: list[ChoicePlan], stream: bool = False) -> dict[str, Any]:
+        if self.llamacpp:
+            # llama-server: always `prompt_tokens_details.cached_tokens` (its prompt cache),
+            # never `completion_tokens_details`.
+            completion = sum(p.completion_tokens for p in plans)
+            return {"completion_tokens": completion, "prompt_tokens": self.req.prompt_tokens,
+                    "total_tokens": self.req.prompt_tokens + completion,
+                    "prompt_tokens_details": {"cached_tokens": self.llama_cached}}
         details = self.cached_tokens if self.st.cfg.kv.enable_prompt_tokens_details else None
         reasoning = self.chat and self.st.cfg.reasoning == "field"
         return _usage(self.req.prompt_tokens, plans, details, reasoning, stream)
@@ -199,9 +216,20 @@ class Generation:
         """What vllm:prompt_tokens_total adds: the prompt once per sequence (n=2: twice)."""
         return self.req.prompt_tokens * self.req.n
 
-    def _prefilled(self) -> None:
+    @property
+    def llama_cached(self) -> int:
+        """llama.cpp's `cached_tokens`: the reused prefix, always re-evaluating the last prompt token."""
+        return max(0, min(self.cached_tokens, self.req.prompt_tokens - 1))
+
+    def _count_prompt(self) -> None:
         m = self.st.metrics
         m.prompt_tokens += self.prompt_tokens_counted
+        if self.llamacpp:
+            m.prompt_tokens_cached += self.llama_cached * self.req.n
+
+    def _prefilled(self) -> None:
+        m = self.st.metrics
+        self._count_prompt()
         m.ttft.observe(self.loop.time() - self.t_arrive)
 
     def _done(self, reasons: list[str]) -> None:
@@ -232,7 +260,7 @@ class Generation:
                     if elapsed >= ttft:
                         k = self.steps if itl <= 0.0 else 1 + int((elapsed - ttft) / itl)
                         st.metrics.generation_tokens += sum(p.tokens_in_first(k) for p in self.plans)
-                        st.metrics.prompt_tokens += self.prompt_tokens_counted
+                        self._count_prompt()
                         st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
             if not finished:
                 self._done(["abort"] * len(self.plans))
@@ -241,13 +269,13 @@ class Generation:
             k = 0 if elapsed < ttft else self.steps if itl <= 0.0 else 1 + int((elapsed - ttft) / itl)
             cut = [_cut(p, k) for p in self.plans]
             if k > 0:
-                st.metrics.prompt_tokens += self.prompt_tokens_counted
+                self._count_prompt()
                 st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
             st.metrics.generation_tokens += sum(p.completion_tokens for p in cut)
             self._done(["abort"] * len(cut))
             self.conn.send(200, orjson.dumps(self._unary_body(cut)))
             return
-        st.metrics.prompt_tokens += self.prompt_tokens_counted
+        self._count_prompt()
         st.metrics.generation_tokens += sum(p.completion_tokens for p in self.plans)
         st.metrics.ttft.observe(t0 - self.t_arrive + ttft)
         self._done([p.finish_reason for p in self.plans])
@@ -340,7 +368,7 @@ class Generation:
         if self.chat:
             for i in range(len(plans)):
                 events.append(self._event({"index": i, "delta": {"role": "assistant", "content": ""},
-                                           "logprobs": None, "finish_reason": None}))
+                                           "logprobs": None, "finish_reason": None}, first=True))
         for i, plan in enumerate(plans):
             if plan.steps == 0:
                 events.append(self._finish_event(i, plan, echo))
@@ -395,13 +423,15 @@ class Generation:
                 handle.cancel()
                 self._timer = None
 
-    def _event(self, choice: dict[str, Any], fingerprint: bool = False) -> bytes:
+    def _event(self, choice: dict[str, Any], fingerprint: bool = False, first: bool = False) -> bytes:
         tail = self._tail
         if self.req.continuous_usage:
             # Running totals on every chunk (the role chunk: 0 completion tokens), as vLLM.
             p, g = self.req.prompt_tokens, self._generated
             tail = b'],"usage":' + orjson.dumps({"prompt_tokens": p, "total_tokens": p + g,
                                                  "completion_tokens": g}) + b"}\n\n"
+        if first and self._first_nulls:
+            tail = tail[:-3] + self._first_nulls + b"}\n\n"
         if fingerprint:
             tail = tail[:-3] + b',"system_fingerprint":"' + SYSTEM_FINGERPRINT.encode() + b'"}\n\n'
         return b"data: " + self._head + orjson.dumps(choice) + tail
@@ -420,12 +450,13 @@ class Generation:
                         + b"data: " + self._head + fin + b'],"usage":' + usage + b"}\n\n")
             if last:  # vLLM: finish_reason rides on the last content chunk of completions
                 return self._event({"index": i, "text": text, "logprobs": None,
-                                    "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason},
+                                    "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason,
+                                    **self._chunk_nulls},
                                    fingerprint=not self.req.include_usage)
             return self._event({"index": i, "text": text, "logprobs": None, "finish_reason": None,
-                                "stop_reason": None})
+                                "stop_reason": None, **self._chunk_nulls})
         call = plan.tool_call
-        if call is not None:
+        if call is not None and step >= len(plan.deltas):
             # vLLM's hermes parser holds the call until `</tool_call>`, then sends ONE chunk:
             # id/type/name and the whole arguments as two entries of index 0.
             if not last:
@@ -439,16 +470,17 @@ class Generation:
                 delta = dict.fromkeys(_reasoning_fields(self.st.cfg.reasoning_field), text)
             else:
                 delta = {"content": text}
-        return self._event({"index": i, "delta": delta, "logprobs": None, "finish_reason": None})
+        return self._event({"index": i, "delta": delta, "logprobs": None, "finish_reason": None, **self._chunk_nulls})
 
     def _finish_event(self, i: int, plan: ChoicePlan, echo: list[str] | None) -> bytes:
         # vLLM: the fingerprint rides on the finish chunk, or on the usage chunk if one follows.
         fp = not self.req.include_usage
         if self.chat:
             return self._event({"index": i, "delta": {}, "logprobs": None, "finish_reason": plan.finish_reason,
-                                "stop_reason": plan.stop_reason}, fp)
+                                "stop_reason": plan.stop_reason, **self._chunk_nulls}, fp)
         return self._event({"index": i, "text": echo[i] if echo is not None else "", "logprobs": None,
-                            "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason}, fp)
+                            "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason,
+                            **self._chunk_nulls}, fp)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

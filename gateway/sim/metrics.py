@@ -44,16 +44,18 @@ class Histogram:
 class Metrics:
     def __init__(self, model_name: str, gauges: Callable[[], tuple[int, int, int]],
                  kv_usage: Callable[[], float] | None = None,
-                 extra: list[Callable[[str, list[str]], None]] | None = None) -> None:
+                 extra: list[Callable[[str, list[str]], None]] | None = None, dialect: str = "vllm") -> None:
         """gauges() returns (running, waiting, max_num_seqs) at scrape time; kv_usage() the KV
         cache usage (default: running / max_num_seqs); each extra(labels, out) appends its own
-        metric lines (prefix cache, sleep state)."""
+        metric lines (prefix cache, sleep state). dialect "llamacpp": llama-server's names instead."""
         self.model_name = model_name
+        self.dialect = dialect
         self._gauges = gauges
         self._kv_usage = kv_usage
         self._extra = extra or []
         self._labels = f'engine="0",model_name="{_escape(model_name)}"'
         self.prompt_tokens = 0
+        self.prompt_tokens_cached = 0  # of prompt_tokens, served by the prompt cache (llamacpp dialect)
         self.generation_tokens = 0
         self.success: dict[str, int] = dict.fromkeys(FINISHED_REASONS, 0)
         self.ttft = Histogram(TTFT_BUCKETS)
@@ -68,6 +70,8 @@ class Metrics:
         self.e2e.observe(e2e_seconds)
 
     def render(self) -> bytes:
+        if self.dialect == "llamacpp":
+            return self._render_llamacpp()
         running, waiting, max_num_seqs = self._gauges()
         lb = self._labels
         if self._kv_usage is not None:
@@ -107,6 +111,25 @@ class Metrics:
         self.e2e.render("vllm:e2e_request_latency_seconds", lb, out)
         for render in self._extra:
             render(lb, out)
+        out.append("")
+        return "\n".join(out).encode()
+
+
+    def _render_llamacpp(self) -> bytes:
+        """llama-server's /metrics (no labels): processed and cached prompt tokens apart."""
+        running, waiting, _ = self._gauges()
+        series = (
+            ("counter", "prompt_tokens_total", "Number of prompt tokens processed, excluding cached tokens",
+             self.prompt_tokens - self.prompt_tokens_cached),
+            ("counter", "prompt_tokens_cached_total", "Number of prompt tokens reused from the cache",
+             self.prompt_tokens_cached),
+            ("counter", "tokens_predicted_total", "Number of generation tokens processed", self.generation_tokens),
+            ("gauge", "requests_processing", "Number of requests processing", running),
+            ("gauge", "requests_deferred", "Number of requests deferred", waiting),
+        )
+        out: list[str] = []
+        for kind, name, help_, value in series:
+            out += [f"# HELP llamacpp:{name} {help_}", f"# TYPE llamacpp:{name} {kind}", f"llamacpp:{name} {value}"]
         out.append("")
         return "\n".join(out).encode()
 

@@ -12,6 +12,13 @@ v1/executor/abstract.py, tests/entrypoints/openai/test_sleep.py):
   naming a part that is not asleep is a logged no-op (still 200).
 - `GET /is_sleeping` -> `{"is_sleeping": bool}`; true from the moment sleep begins until the
   last part has woken. `/health` stays 200 throughout.
+- Level 2 discards the weights: a wake reallocates their memory but not their content, and
+  vLLM serves from whatever the memory holds (garbage) until the weights are reloaded:
+  `wake_up?tags=weights`, then `POST /collective_rpc {"method": "reload_weights"}` (dev mode,
+  v1/worker/gpu_worker.py reload_weights), then `wake_up?tags=kv_cache` (vLLM's documented
+  level-2 sequence). Here the reload costs most of the level-2 wake time, and requests
+  admitted with unreloaded weights are counted (`served_without_weights` in /sim/state)
+  instead of producing garbage.
 - Requests that arrive while asleep are accepted and wait (counted in num_requests_waiting)
   until the engine wakes, as vLLM's paused scheduler queues them.
 - Gauge `vllm:engine_sleep_state{sleep_state="awake"|"weights_offloaded"|"discard_all"}`.
@@ -76,6 +83,8 @@ class EngineState:
     level: int = 0  # 0 awake, else the level it sleeps at
     sleeping_tags: set[str] = field(default_factory=set)
     blocked: int = 0  # requests waiting for the engine to wake
+    weights_valid: bool = True  # False from a level-2 sleep until reload_weights
+    served_without_weights: int = 0  # requests admitted while weights_valid was False
     inflight: set[Abortable] = field(default_factory=set)
     transitions: list[dict[str, Any]] = field(default_factory=list)  # last few, for /sim/state
     _awake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -125,6 +134,9 @@ class EngineState:
             self.blocked -= 1
 
     def enter(self, req: Abortable) -> None:
+        if not self.weights_valid:
+            self.served_without_weights += 1
+            log.warning("serving a request with weights discarded by a level-2 sleep and never reloaded")
         self.inflight.add(req)
         self._idle.clear()
 
@@ -158,6 +170,8 @@ class EngineState:
                     req.engine_abort()
             await self._idle.wait()
             self.kv.reset()  # the KV cache is discarded: nothing stays cached
+            if level >= 2:
+                self.weights_valid = False  # discarded, not offloaded
             await asyncio.sleep(self.cfg.sleep_time())
             if self.ledger is not None:
                 await asyncio.to_thread(self.ledger.set_claim, 0)  # small file I/O under flock
@@ -185,14 +199,30 @@ class EngineState:
                 except DeviceOutOfMemory as exc:
                     log.error("wake_up failed: %s", exc)
                     raise SleepError(500, str(exc)) from None
-            # Level 2 lost the weights: they are reloaded from disk, which costs more.
-            share = 1.0 if "weights" in wanted else 0.1
+            if self.level >= 2:
+                # Level 2 only reallocates here (a tenth of its wake time per part); the
+                # reload from disk (reload_weights) is the rest.
+                share = 0.1 * len(wanted)
+            else:  # level 1 copies the weights back from CPU RAM: that is the wake time
+                share = 1.0 if "weights" in wanted else 0.1
             await asyncio.sleep(share * self.cfg.wake_time(self.level))
             self.sleeping_tags = remaining
             self._record("wake_up", self.level, t0, sorted(wanted))
             if not remaining:
                 self.level = 0
                 self._awake.set()
+
+    async def reload_weights(self) -> None:
+        """`collective_rpc("reload_weights")`: the weights are read from disk again into their
+        (awake) memory. Without that memory there is nothing to load into: 500."""
+        async with self._lock:
+            if "weights" in self.sleeping_tags:
+                raise SleepError(500, "reload_weights: the weights' memory is asleep; "
+                                      "POST /wake_up?tags=weights first")
+            t0 = time.monotonic()
+            await asyncio.sleep(0.8 * self.cfg.wake_time(2))  # the checkpoint is read again, valid or not
+            self.weights_valid = True
+            self._record("reload_weights", self.level, t0)
 
     def _record(self, what: str, level: int, t0: float, tags: list[str] | None = None) -> None:
         took = time.monotonic() - t0
@@ -220,4 +250,5 @@ class EngineState:
                 "sleep_seconds": cfg.sleep_time(), "wake_seconds": cfg.wake_time(1),
                 "wake_seconds_level2": cfg.wake_time(2), "startup_seconds": cfg.startup_seconds,
                 "claim_bytes": self.claim_for(self.sleeping_tags) if self.ledger is not None else None,
+                "weights_valid": self.weights_valid, "served_without_weights": self.served_without_weights,
                 "transitions": self.transitions}

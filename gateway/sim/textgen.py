@@ -110,9 +110,10 @@ class ChoicePlan:
 
     @property
     def steps(self) -> int:
-        """How many ITL steps (stream events carrying output) this choice needs."""
+        """How many ITL steps this choice needs. A tool call's plan starts with its
+        reasoning `deltas` (if any), then the name and one step per argument piece."""
         if self.tool_call is not None:
-            return 1 + len(self.tool_call.argument_pieces)
+            return len(self.deltas) + 1 + len(self.tool_call.argument_pieces)
         return len(self.deltas)
 
     @property
@@ -121,9 +122,10 @@ class ChoicePlan:
         return sum(n for k, _, n in self.deltas if k == "reasoning")
 
     def step_tokens(self, step: int) -> int:
-        if self.tool_call is not None:
-            return tokens.count_text(self.tool_call.name) if step == 0 else 1
-        return self.deltas[step][2]
+        if step < len(self.deltas):
+            return self.deltas[step][2]
+        assert self.tool_call is not None
+        return tokens.count_text(self.tool_call.name) if step == len(self.deltas) else 1
 
     def tokens_in_first(self, steps: int) -> int:
         """Tokens produced by the first `steps` steps (what an abort at that point generated)."""
@@ -239,8 +241,19 @@ def _object(schema: dict[str, Any], rng: random.Random, depth: int) -> dict[str,
     return {str(name): _value(sub, rng, depth) for name, sub in props.items()}
 
 
-def plan_tool_call(key: int, tool: dict[str, Any], limit: int, call_id: str) -> ChoicePlan:
-    """A call of `tool` with arguments generated from its JSON schema (deterministic per key)."""
+def plan_tool_call(key: int, tool: dict[str, Any], limit: int, call_id: str, reasoning: str = "none") -> ChoicePlan:
+    """A call of `tool` with arguments generated from its JSON schema (deterministic per key).
+
+    reasoning "field": the model thinks first (1-12 words in the reasoning field), as
+    real vLLM with a reasoning parser streams reasoning deltas before the call. A budget
+    that ends while reasoning leaves no call (finish `length`, content null)."""
+    deltas: list[tuple[str, str, int]] = []
+    if reasoning == "field":
+        thought = words(stable_hash(key, "tool-reasoning"), 1 + key % 12)
+        deltas = [("reasoning", w, 1) for w in thought[:limit]]
+        if len(thought) >= limit:
+            return ChoicePlan(deltas=deltas, completion_tokens=len(deltas), finish_reason="length")
+        limit -= len(deltas)
     fn = tool.get("function") if isinstance(tool.get("function"), dict) else {}
     name = str(fn.get("name") or "tool")
     params = fn.get("parameters") if isinstance(fn.get("parameters"), dict) else {}
@@ -253,7 +266,8 @@ def plan_tool_call(key: int, tool: dict[str, Any], limit: int, call_id: str) -> 
         arg_pieces = arg_pieces[:room]
         finish = "length"
     call = ToolCall(id=call_id, name=name, arguments="".join(arg_pieces), argument_pieces=arg_pieces)
-    return ChoicePlan(completion_tokens=name_tokens + len(arg_pieces), finish_reason=finish, tool_call=call)
+    return ChoicePlan(deltas=deltas, completion_tokens=len(deltas) + name_tokens + len(arg_pieces),
+                      finish_reason=finish, tool_call=call)
 
 
 # ---- embeddings ---------------------------------------------------------------------

@@ -5,7 +5,8 @@ Run with the vLLM environment's Python:
     python bench_serve.py --out result.json --target gateway=http://127.0.0.1:8000=KEY \
         --target direct=http://127.0.0.1:20001 -- <vllm bench serve arguments>
 
-Each target is NAME=BASE_URL[=API_KEY]; the arguments after `--` are passed to every run.
+Each target is NAME=BASE_URL[=API_KEY]; the arguments after `--` are passed to every run,
+except that `--model-of NAME=MODEL` sends that target another model name (`--model`).
 Writes {NAME: vLLM's result dict} to --out.
 """
 
@@ -25,7 +26,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--target", action="append", required=True)
+    ap.add_argument("--model-of", action="append", default=[], metavar="NAME=MODEL")
     args = ap.parse_args(own)
+    model_of = dict(item.split("=", 1) for item in args.model_of)
 
     from vllm.benchmarks.serve import add_cli_args
     from vllm.benchmarks.serve import main as bench_main
@@ -39,7 +42,8 @@ def main() -> None:
             os.environ["OPENAI_API_KEY"] = key[0]  # read by vLLM's request functions
         parser = FlexibleArgumentParser()
         add_cli_args(parser)
-        results[name] = bench_main(parser.parse_args([*rest, "--base-url", url]))
+        model = ["--model", model_of[name]] if name in model_of else []  # the last --model wins
+        results[name] = bench_main(parser.parse_args([*rest, *model, "--base-url", url]))
     args.out.write_text(json.dumps(results, indent=2, default=str))
 
 

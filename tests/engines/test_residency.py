@@ -7,12 +7,14 @@ max_defer, queued-first, fcfs, and oldest-wanted-first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 from gateway.config import ServerConfig, SpawnConfig, SwapConfig
 from gateway.engines.residency import Residency
+from gateway.errors import GatewayError
 from gateway.routing.backend import BackendState
 
 S = BackendState
@@ -26,12 +28,27 @@ class Engine:
     ready_since: float | None = None
     spec: SpawnConfig = field(default_factory=lambda: SpawnConfig(engine="sim", model="m", start="on_demand"))
     log: list[str] = field(default_factory=list)
-
+    last_load: float | None = None  # seconds its last cold load took
+    last_wake: float | None = None
+    last_park: float | None = None  # its last sleep or stop
+    retry_at: float | None = None
+    backend: Any = field(default_factory=lambda: SimpleNamespace(last_error=None))
+    now: float = 0.0  # the test's clock, for activate's backoff check
     @property
     def id(self) -> str:
         return f"{self.pool_name}/sim-0"
 
+    @property
+    def demand_started(self) -> bool:
+        return True
+
+    @property
+    def parked(self) -> bool:
+        return self.state in (S.STOPPED, S.SLEEPING) or (self.state is S.FAILED and self.retry_at is not None)
+
     def activate(self, reason: str) -> bool:
+        if self.state is S.FAILED and (self.retry_at is None or self.now < self.retry_at):
+            return False
         self.log.append("activate")
         self.state = S.STARTING
         return True
@@ -49,6 +66,12 @@ class Pool:
     outstanding: int = 0
     last_release: float = 0.0
     cfg: Any = field(default_factory=lambda: SimpleNamespace(queue=SimpleNamespace(timeout=30.0)))
+    failed: list[GatewayError] = field(default_factory=list)
+
+    def fail_waiters(self, error: Callable[[], GatewayError]) -> int:
+        n, self.queued = self.queued, 0
+        self.failed += [error() for _ in range(n)]
+        return n
 
 
 class Sup:
@@ -146,3 +169,73 @@ def test_idle_engine_is_parked_after_its_idle_timeout() -> None:
     assert res.step(14.0) == 1.0 and a.log == []
     res.step(15.0)
     assert a.log == ["park: idle for 10s"]
+
+
+def test_turn_scales_with_what_the_swap_would_cost() -> None:
+    # The resident a stops in 0.5 s. Making way for b's 5 s cold load costs 5.5 s of dead
+    # device: a keeps it 2 x 5.5 = 11 s. Making way for b's 0.3 s wake costs 0.8 s: the
+    # turn is min_residency (2 s).
+    for b_state, b_times, turn in ((S.STOPPED, {"last_load": 5.0}, 11.0), (S.SLEEPING, {"last_wake": 0.3}, 2.0)):
+        a = Engine("a", state=S.READY, ready_since=10.0, last_park=0.5)
+        b = Engine("b", state=b_state, **b_times)  # type: ignore[arg-type]
+        sup = Sup([a, b], SwapConfig(policy="residency", min_residency=2, idle_grace=0, max_defer=60, cost_factor=2))  # type: ignore[arg-type]
+        res = Residency(sup)  # type: ignore[arg-type]
+        want(res, sup, "b", 10.5)
+        assert res.step(10.5) == turn - 0.5
+        res.step(10.0 + turn - 0.01)
+        assert a.log == []
+        res.step(10.0 + turn)
+        assert a.log == ["park: swapped out for b"]
+        assert res.shown_turn(a) == turn  # what /admin/backends shows
+
+
+def test_unmeasured_costs_count_zero_and_cost_factor_0_turns_it_off() -> None:
+    a = Engine("a", state=S.READY, ready_since=0.0)  # never parked, b never loaded: min_residency
+    b = Engine("b")
+    sup = Sup([a, b], SwapConfig(policy="residency", min_residency=3, idle_grace=0, max_defer=60))  # type: ignore[arg-type]
+    res = Residency(sup)  # type: ignore[arg-type]
+    assert res.turn(a, [b]) == 3
+    a.last_park, b.last_load = 1.0, 9.0
+    assert res.turn(a, [b]) == 20
+    sup.settings.swap = SwapConfig(policy="residency", min_residency=3, cost_factor=0)
+    assert res.turn(a, [b]) == 3
+
+
+def test_cost_scaled_turn_never_outlasts_max_defer() -> None:
+    a = Engine("a", state=S.READY, ready_since=0.0, last_park=1.0)
+    b = Engine("b", last_load=60.0)  # a 60 s cold load: a 122 s turn
+    sup = Sup([a, b], SwapConfig(policy="residency", min_residency=2, idle_grace=0, max_defer=30))  # type: ignore[arg-type]
+    res = Residency(sup)  # type: ignore[arg-type]
+    want(res, sup, "b", 5.0)
+    res.step(34.9)
+    assert a.log == []
+    res.step(35.0)
+    assert a.log == ["park: swapped out for b"]
+
+
+def test_a_failed_engine_on_the_shared_device_blocks_no_swap() -> None:
+    # a's on-demand start failed: its process is gone, so b takes the device at once.
+    a = Engine("a", state=S.FAILED, retry_at=1e9)
+    b = Engine("b")
+    sup = Sup([a, b], SwapConfig(policy="residency", min_residency=30, idle_grace=2, max_defer=60))  # type: ignore[arg-type]
+    res = Residency(sup)  # type: ignore[arg-type]
+    want(res, sup, "b", 10.0)
+    res.step(10.0)
+    assert b.log == ["activate"] and a.log == [] and res.swaps == {}
+
+
+def test_requests_for_a_failed_start_in_its_backoff_are_answered_at_once_then_retried() -> None:
+    a = Engine("a", state=S.FAILED, retry_at=20.0)
+    a.backend.last_error = "cannot start '/no/such/engine': No such file or directory"
+    sup = Sup([a], SwapConfig())
+    res = Residency(sup)  # type: ignore[arg-type]
+    want(res, sup, "a", 10.0)
+    a.now = 10.0
+    res.step(10.0)
+    [err] = sup.state.pools["a"].failed
+    assert err.status == 503 and err.code == "engine_start_failed" and err.headers["retry-after"] == "10"
+    assert "Pool `a`" in err.message and "No such file" in err.message and a.log == []
+    want(res, sup, "a", 20.0)  # after the backoff: this request starts it again
+    a.now = 20.0
+    res.step(20.0)
+    assert a.log == ["activate"] and len(sup.state.pools["a"].failed) == 1

@@ -11,7 +11,9 @@ import httpx
 import openai
 import pytest
 
-from tests.gw import CLIENT_KEY, GatewayServer, auth_yaml, wait_until
+from gateway.cli import main
+from tests.engines.util import pid_gone
+from tests.gw import ADMIN_KEY, CLIENT_KEY, GatewayServer, auth_yaml, wait_until
 
 
 def _cfg(tmp: str, args: str, extra: str = "") -> str:
@@ -88,3 +90,47 @@ def test_no_ready_engine_answers_503_with_retry_after(tmp_path: Any) -> None:
         assert r.status_code == 503
         assert r.headers["retry-after"] == "5"
         assert "no ready backend" in r.json()["error"]["message"]
+
+
+def test_engine_refusing_the_pools_key_fails_at_once_and_visibly(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The engine's own `--api-key` (args win over the launcher's) differs from the pool's
+    `api_key`: its /v1/models answers 401 to the readiness probe. Not an endless `starting`
+    (the start-up timeout is 30 s here, 900 s by default), not a restart loop: FAILED with
+    the reason, the process stopped, and requests, queued or new, answered at once with
+    the 502 a request meeting the engine's 401 would get."""
+    extra = 'api_key: "not-the-engines-key"\n    queue: {timeout: 20}'
+    args = '[--api-key, the-engines-key, --startup-seconds, "1", --ttft-ms, "1", --itl-ms, "1"]'
+    with GatewayServer(_cfg(str(tmp_path), args, extra)) as gw:
+        h = {"authorization": f"Bearer {CLIENT_KEY}"}
+        body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+        t0 = time.monotonic()
+        # Sent while the engine loads: it queues, then learns at once that nothing will serve it.
+        r = httpx.post(gw.base_url + "/chat/completions", headers=h, json=body, timeout=30)
+        assert time.monotonic() - t0 < 10, "answered at the queue timeout, not when the engine failed"
+        err = r.json()["error"]
+        assert r.status_code == 502 and err["code"] == "upstream_auth_failed", r.text
+        assert err["type"] == "server_error" and err["param"] is None
+        assert "HTTP 401" in err["message"] and "gateway configuration problem" in err["message"]
+        assert "Unauthorized" in err["message"]  # the sim's body, as vLLM's bare string
+
+        [row] = _backend_rows(gw)
+        assert row["state"] == "failed" and row["restarts"] == 0
+        assert "rejected the gateway's key: /v1/models answered HTTP 401" in row["last_error"]
+        assert wait_until(lambda: row["pid"] is None or pid_gone(row["pid"]), 5)  # memory freed
+
+        # New requests do not queue either, stream or not.
+        for stream in (False, True):
+            t1 = time.monotonic()
+            r = httpx.post(gw.base_url + "/chat/completions", headers=h, json={**body, "stream": stream}, timeout=30)
+            assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_auth_failed", r.text
+            assert time.monotonic() - t1 < 2
+
+        # And the operator sees it in `gateway status` (what /admin/backends says, as a table).
+        capsys.readouterr()
+        assert main(["status", "--url", gw.url, "--admin-key", ADMIN_KEY]) == 0
+        out = capsys.readouterr().out
+        assert "failed" in out and "rejected the gateway's key" in out and "0/1 ready" in out
+        # No restart happened behind our back meanwhile.
+        assert _backend_rows(gw)[0]["restarts"] == 0

@@ -133,3 +133,38 @@ def test_swap_by_stop_and_start_without_sleep_mode(tmp_path: Path, device_dir: P
         assert gw.state.supervisor.swaps() == {"b": 1, "a": 1}
         assert rows["b"]["state"] == "stopped" and rows["b"]["pid"] is None and rows["a"]["state"] == "ready"
         assert rows["a"]["restarts"] == rows["b"]["restarts"] == 0
+
+
+def test_an_engine_whose_start_failed_holds_no_device_and_blocks_no_swap(tmp_path: Path, device_dir: Path) -> None:
+    # a's binary is missing. Before, a sat in FAILED counted as holding device 0, so b's
+    # requests waited for a swap that never came. Now: a's request gets a 503 at once, b
+    # starts on the device, a's next request (after its backoff) swaps b out, fails again
+    # fast, and b comes back for its next request. Nothing else fails.
+    cfg = _cfg(tmp_path, "residency", sleep=1).replace(
+        "  a:\n    engine: sim\n", "  a:\n    engine: sim\n    command: [/nonexistent/bin/engine]\n"
+    ).replace("restart_backoff_initial: 0.2", "restart_backoff_initial: 8")  # b starts well inside it
+    headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=gw.base_url, headers=headers, timeout=60) as http:
+            body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5}
+            r = await http.post("/chat/completions", json={**body, "model": "a"})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "engine_start_failed", r.text
+            assert _rows(gw)["a"]["state"] == "failed"
+            assert await _stream(http, "b") == "length"  # a's failure does not hold device 0
+            r = await http.post("/chat/completions", json={**body, "model": "a"})  # inside a's backoff
+            assert r.status_code == 503 and _rows(gw)["b"]["state"] == "ready"  # b was not swapped out for it
+            while (_rows(gw)["a"]["retry_in"] or 0) > 0:  # noqa: ASYNC110 - the backoff's end
+                await asyncio.sleep(0.05)
+            r = await http.post("/chat/completions", json={**body, "model": "a"})  # swaps b out, fails again
+            assert r.status_code == 503 and r.json()["error"]["code"] == "engine_start_failed", r.text
+            assert await _stream(http, "b") == "length"
+
+    with GatewayServer(cfg) as gw:
+        asyncio.run(run())
+        rows = _rows(gw)
+        assert rows["b"]["state"] == "ready" and rows["a"]["state"] == "failed"
+        assert gw.state.supervisor.swaps() == {"a": 1}  # b left once for a's retry, then came back
+        b = _sim(gw, "b")
+        assert b["requests_aborted"] == 0 and rows["b"]["restarts"] == 0
+        assert [t["op"] for t in b["sleep"]["transitions"]] == ["sleep", "wake_up"]

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from openai._models import construct_type
 from openai._types import omit
@@ -307,6 +307,9 @@ _json = st.recursive(
 
 @settings(max_examples=300, deadline=None)
 @given(status=st.integers(400, 599), body=st.one_of(st.binary(max_size=40), _json.map(orjson.dumps)))
+# Found by this test: a FastAPI-style detail whose `loc` is null raised TypeError.
+@example(status=400, body=b'{"":null,"detail":[{"loc":null}]}')
+@example(status=422, body=b'{"detail":[{"loc":"body","msg":"bad"}]}')
 def test_normalize_error_any_body(status: int, body: bytes) -> None:
     got_status, got_body = normalize_error(status, body, None)
     assert got_status == (502 if status in (401, 403) else status)

@@ -25,6 +25,8 @@ CHAT_POOLS = (VLLM_CHAT, LLAMA_CHAT)
 EMBED_POOLS = (VLLM_EMBED, LLAMA_EMBED)
 ALIAS = {VLLM_CHAT: "tiny-vllm", LLAMA_CHAT: "tiny-llama"}
 LLAMA_REPLICAS = 2
+# Two vLLMs of one pool (~2.9 GiB each), started in parallel with the rest of the session.
+VLLM_REPLICAS = 2
 ENGINE_OF = {VLLM_CHAT: "vllm", VLLM_EMBED: "vllm", LLAMA_CHAT: "llamacpp", LLAMA_EMBED: "llamacpp"}
 
 
@@ -66,6 +68,7 @@ def pools(engines: RealEngines) -> dict[str, object]:
             ["--reasoning-parser", "deepseek_r1", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"],
             aliases=[ALIAS[VLLM_CHAT]],
             reasoning="passthrough",
+            replicas=VLLM_REPLICAS,
         ),
         VLLM_EMBED: vllm_pool(
             engines,

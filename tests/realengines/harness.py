@@ -176,7 +176,7 @@ class Gateway:
     def base_url(self) -> str:
         return self.url + "/v1"
 
-    def start(self, ready_timeout: float = 900) -> Gateway:
+    def start(self, ready_timeout: float = 900, wait_ready: bool = True) -> Gateway:
         exe = Path(sys.executable).with_name("gateway")
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -188,7 +188,8 @@ class Gateway:
         if not wait_for(self._up, 30):
             self.stop()
             raise RuntimeError(f"gateway did not start:\n{self.tail()}")
-        self.wait_ready(ready_timeout)
+        if wait_ready:
+            self.wait_ready(ready_timeout)
         return self
 
     def _up(self) -> bool:
@@ -235,6 +236,10 @@ class Gateway:
 
     def engine_url(self, pool: str) -> str:
         return f"http://127.0.0.1:{self.backend(pool)['port']}"
+
+    def engine_urls(self, pool: str) -> dict[str, str]:
+        """{backend id: engine root URL} of every replica of `pool` that has a port."""
+        return {b["id"]: f"http://127.0.0.1:{b['port']}" for b in self.backends() if b["pool"] == pool and b["port"]}
 
     def usage(self, group_by: str = "pool") -> dict[str, dict[str, Any]]:
         r = self.admin("GET", "/usage", params={"group_by": group_by, "since": "30d"})

@@ -36,8 +36,12 @@ def claude(request: pytest.FixtureRequest, gateway: Gateway) -> Iterator[anthrop
 
 
 def engine_tokens(gateway: Gateway) -> tuple[int, int]:
-    m = engine_metrics(gateway.engine_url(VLLM_CHAT))
-    return int(m.get("vllm:prompt_tokens_total", 0)), int(m.get("vllm:generation_tokens_total", 0))
+    prompt = generated = 0.0
+    for url in gateway.engine_urls(VLLM_CHAT).values():  # the pool's replicas
+        m = engine_metrics(url)
+        prompt += m.get("vllm:prompt_tokens_total", 0.0)
+        generated += m.get("vllm:generation_tokens_total", 0.0)
+    return int(prompt), int(generated)
 
 
 def ledger_tokens(gateway: Gateway) -> tuple[int, int]:

@@ -158,3 +158,40 @@ def test_weights_that_do_not_fit_the_utilization_fail_to_start(tmp_path: Path) -
     args = [*_device_args(tmp_path), "--model-memory-gb", "60"]  # 60 GiB of weights > 0.6 x 80
     with pytest.raises(SimStartError, match="No available memory for the cache blocks"):
         SimProcess(args, env=_env("0"))
+
+
+def test_level_2_wake_needs_reload_weights_or_it_serves_discarded_weights() -> None:
+    # vLLM's documented level-2 sequence: wake the weights' memory, reload them in place
+    # (collective_rpc reload_weights), wake the KV cache. A plain wake_up skips the reload:
+    # vLLM then serves from memory holding no model (the sim counts such requests).
+    args = [*FAST, "--enable-sleep-mode", "--startup-seconds", "1.0"]
+    with SimProcess(args, env=DEV) as sim:
+        assert sim.request("POST", "/sleep?level=2")[0] == 200
+        assert sim.state()["sleep"]["weights_valid"] is False
+        assert sim.request("POST", "/wake_up")[0] == 200
+        assert _sleeping(sim) is False
+        assert sim.request("POST", "/v1/chat/completions", CHAT)[0] == 200
+        assert sim.state()["sleep"]["served_without_weights"] == 1
+
+        assert sim.request("POST", "/sleep?level=2")[0] == 200
+        status, body = sim.request("POST", "/collective_rpc", {"method": "reload_weights"})
+        assert status == 500 and b"wake_up?tags=weights first" in body  # nothing to load into yet
+        assert sim.request("POST", "/wake_up?tags=weights")[0] == 200
+        assert sim.request("POST", "/collective_rpc", {"method": "reload_weights"}) == (200, b'{"results":[null]}')
+        assert _sleeping(sim) is True  # the KV cache is still asleep
+        assert sim.request("POST", "/wake_up?tags=kv_cache")[0] == 200
+        assert _sleeping(sim) is False
+        assert sim.request("POST", "/v1/chat/completions", CHAT)[0] == 200
+        state = sim.state()["sleep"]
+        assert state["weights_valid"] is True and state["served_without_weights"] == 1
+        ops = [(t["op"], t["seconds"]) for t in state["transitions"][-3:]]
+        assert [op for op, _ in ops] == ["wake_up", "reload_weights", "wake_up"]
+        assert ops[1][1] > ops[0][1] + ops[2][1]  # the reload from disk is what a level-2 wake costs
+
+
+@pytest.mark.parametrize("body,status,detail", [(b"{", 400, b"JSON decode error"), ([1], 400, b"JSON object"),
+                                                ({}, 400, b"Missing 'method'"), ({"method": "nope"}, 500, b"nope")])
+def test_collective_rpc_bad_bodies(body: Any, status: int, detail: bytes) -> None:
+    with SimProcess([*FAST, "--enable-sleep-mode"], env=DEV) as sim:
+        got, raw = sim.request("POST", "/collective_rpc", body)
+        assert got == status and detail in raw
