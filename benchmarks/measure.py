@@ -49,6 +49,52 @@ async def point(targets: Sequence[loadgen.Target], raw_for: Any, concurrency: in
     }
 
 
+async def interleaved(targets: dict[str, loadgen.Target], raw_for: Any, rounds: int, warmup: int = 50,
+                      blocks: int = 5) -> dict[str, Any]:
+    """Latency at concurrency 1, read so that machine noise cancels out.
+
+    One keep-alive connection per target; each round sends one request to every target in
+    turn (the order rotates every round), so all targets see the same moments of the
+    shared machine. Per target: the median latency, and the median over rounds of its
+    latency minus the direct connection's in the same round ("added"), overall and per
+    block of rounds (the spread shows how steady the reading is)."""
+    names = list(targets)
+    conns = {n: await loadgen.connect(t) for n, t in targets.items()}
+    raws = {n: raw_for(t) for n, t in targets.items()}
+    lat: dict[str, list[float]] = {n: [] for n in names}
+    errors = dict.fromkeys(names, 0)
+    try:
+        for r in range(warmup + rounds):
+            k = r % len(names)
+            for n in names[k:] + names[:k]:
+                c = conns[n]
+                if c.closed:
+                    c = conns[n] = await loadgen.connect(targets[n])
+                s = await c.request(raws[n])
+                if r < warmup:
+                    continue
+                if not s.ok:
+                    errors[n] += 1
+                lat[n].append(s.latency if s.ok else float("nan"))
+    finally:
+        for c in conns.values():
+            c.close()
+    out: dict[str, Any] = {"rounds": rounds, "blocks": blocks, "targets": {}}
+    direct = lat.get("direct")
+    for n in names:
+        ok = [x for x in lat[n] if not math.isnan(x)]
+        row: dict[str, Any] = {"p50_ms": loadgen.percentile(ok, 50) * 1e3, "p99_ms": loadgen.percentile(ok, 99) * 1e3,
+                               "errors": errors[n]}
+        if direct is not None and n != "direct":
+            diff = [(a - b) * 1e3 for a, b in zip(lat[n], direct, strict=True) if not (math.isnan(a) or math.isnan(b))]
+            size = max(1, len(diff) // blocks)
+            row["added_p50_ms"] = statistics.median(diff) if diff else float("nan")
+            row["added_p50_blocks_ms"] = [statistics.median(diff[i:i + size]) for i in range(0, len(diff), size)
+                                          if len(diff[i:i + size]) >= size // 2]
+        out["targets"][n] = row
+    return out
+
+
 def summary(values: Sequence[float | None]) -> dict[str, float]:
     """Median and range of repeated measurements (None/NaN dropped)."""
     v = [x for x in values if x is not None and not math.isnan(x)]

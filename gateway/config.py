@@ -45,11 +45,19 @@ class ServerConfig(_Model):
     upstream_client: Literal["raw", "aiohttp"] = "raw"
     # Client-side limits of our HTTP server (server/http.py). A client that sends a
     # request's headers slower than `header_timeout` (slowloris), pauses longer than
-    # `body_timeout` inside a body, or stops reading a response for `write_timeout` is
+    # `body_timeout` inside a body, or reads nothing of a response for `write_timeout` is
     # disconnected; a disconnect cancels its request and frees its engine slot.
     header_timeout: float = Field(10.0, gt=0)
     body_timeout: float = Field(60.0, gt=0)  # longest pause between two pieces of a body
-    write_timeout: float = Field(30.0, gt=0)  # longest a client may leave a response unread
+    write_timeout: float = Field(10.0, gt=0)  # longest a client may read nothing of a pending response
+    # While a client does not read, the relay keeps reading the engine's stream into this
+    # much memory per request, so the engine is never held back by one slow client; past
+    # it the client is cut and the engine request aborted (its slot frees at once).
+    relay_buffer_bytes: int = Field(256 * 1024, ge=64 * 1024)
+    # The kernel's send buffer per client connection (SO_SNDBUF; 0: the kernel's autotuning,
+    # which lets one non-reading client absorb megabytes before the relay even notices).
+    # Bounds kernel memory per slow client too; 256 KiB still fills a 20 MB/s x 50 ms path.
+    client_send_buffer_bytes: int = Field(256 * 1024, ge=0)
     keep_alive_timeout: float = Field(75.0, gt=0)  # longer than typical client pools' idle timeout
     # A streamed request still waiting for a backend (a model loading) after this many
     # seconds gets its headers and an SSE comment every this many seconds, so clients and

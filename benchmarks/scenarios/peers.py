@@ -14,6 +14,11 @@ shows what they cost. Modes:
 Per point: req/s, CPU per request of the proxy's process tree (all threads; nginx's master
 and worker), latency and time-to-first-chunk p50/p99. The report gives each figure as a
 ratio to vllm-router's in the same repetition (median over repetitions, min-max).
+
+Latency at concurrency 1 moves with whatever else runs on the shared machine, more than
+the fraction of a millisecond a proxy adds; so for non-stream requests it is also read
+interleaved (`measure.interleaved`): thousands of rounds, each sending one request to
+every proxy and to the engine directly, added latency taken per round.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 from .. import loadgen, peers, procs, workload
 from ..context import Bench
-from ..measure import Setup, point
+from ..measure import Setup, interleaved, point
 from .overhead import TOKENS, sim_args
 
 MODES: list[tuple[str, str, float, bool, tuple[int, ...]]] = [
@@ -33,6 +38,7 @@ MODES: list[tuple[str, str, float, bool, tuple[int, ...]]] = [
 GATEWAY = "gateway"
 GATEWAY_BARE = "gateway, auth/metering/metrics off"
 BASELINE = "vllm-router"
+INTERLEAVED_ROUNDS = 3000
 
 
 def _targets(bench: Bench, sim: Any, model: str, out: dict[str, Any], stack: list[Any]) -> dict[str, Any]:
@@ -87,6 +93,11 @@ def run(bench: Bench) -> dict[str, Any]:
                             bench.log(f"peers rep{rep} {label:26s} c={c:<3d} {name:14.14s} {r['rps']:7.0f} req/s "
                                       f"p50 {r['lat_p50_ms']:.2f} ms cpu {r['server_cpu_us'] or 0:.0f} us "
                                       f"err {r['errors']}")
+                if not stream:
+                    rounds = bench.pick(300, INTERLEAVED_ROUNDS)
+                    bench.log(f"peers {label}: c=1 interleaved, {rounds} rounds")
+                    out["interleaved_c1"] = bench.run(interleaved({n: t for n, (t, _) in targets.items()},
+                                                                  raw_for, rounds))
                 for name, (_, pids) in targets.items():
                     if pids:
                         out["rss_mb"].setdefault(name, {})[label] = sum(_rss(p) for p in pids)

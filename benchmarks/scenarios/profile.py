@@ -3,12 +3,15 @@
 Two recordings at concurrency 32: non-stream, and stream with one write per event. py-spy
 sees Python frames only; time in uvloop's C code (socket reads/writes, polling, callback
 dispatch) shows up as the frame that entered the loop, reported here as "event loop (C)".
-Skipped when py-spy is not installed (`.venv/bin/pip install py-spy`).
+Skipped when py-spy is not installed (`.venv/bin/pip install py-spy`). Extra py-spy
+arguments come from `BENCH_PYSPY_ARGS` (e.g. `--gil`: only the thread holding the GIL,
+which leaves out threads waiting on it).
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import re
 import shutil
 import subprocess
@@ -97,7 +100,8 @@ def run(bench: Bench) -> dict[str, Any]:
                 raw = gw.dir / f"py-spy-{model}.txt"
                 # py-spy itself runs on the client CPU (it inherits this process's affinity).
                 rec = subprocess.Popen([spy, "record", "--pid", str(gw.pid), "--format", "raw", "--rate", "250",
-                                        "--duration", str(seconds), "--nonblocking", "-o", str(raw)],
+                                        "--duration", str(seconds), "--nonblocking", "-o", str(raw),
+                                        *os.environ.get("BENCH_PYSPY_ARGS", "").split()],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
                 def raw_for(t: loadgen.Target, body: bytes = body) -> bytes:

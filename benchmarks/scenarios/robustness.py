@@ -1,6 +1,6 @@
 """Scenario "robustness": what the server layer does with clients that misbehave (issue #13).
 
-Records today's behaviour; the targets are what the server layer should do:
+What the server layer does with each kind; the targets:
 (a) slowloris: 200 connections send part of a request's headers, then nothing, and are
     held for `hold` seconds (50 more send the headers and part of a body). Target: closed
     after a header/body read timeout. Sent to the gateway and to the peers (same engine).
@@ -9,7 +9,8 @@ Records today's behaviour; the targets are what the server layer should do:
     on the way, so the writes stall; a reading client gets it in milliseconds) and never
     read. Meanwhile 4 normal clients send short non-stream requests to the same pool, cut
     after a timeout. Target: their p99 stays under 2x the p99 measured before the
-    non-readers came (a write timeout releases the stalled slots).
+    non-readers came (each non-reader is cut once its bounded relay buffer overflows,
+    which aborts its engine request and frees its slot).
 (c) malformed HTTP: a bad Content-Length, an unknown method, a bad chunk size, raw bytes.
     Target: a 400 with an OpenAI-shaped error body. Sent to the gateway and the peers.
 """

@@ -54,7 +54,7 @@ class _Pending:
     count: estimate.Count = tokens.count_text  # the pool's model tokenizer, when known
 
 
-@dataclass
+@dataclass(slots=True)  # one per request, built on the request path
 class UsageRecord:
     ts: float  # wall-clock time the request started (unix seconds)
     request_id: str = ""

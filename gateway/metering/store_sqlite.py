@@ -15,6 +15,8 @@ Schema: table `usage`, one row per request (columns as `record.FIELDS`), indexed
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import operator
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -55,7 +57,7 @@ CREATE INDEX IF NOT EXISTS usage_pool_ts ON usage (pool, ts);
 CREATE INDEX IF NOT EXISTS usage_user_ts ON usage (user, ts);
 """
 
-_INSERT = f"INSERT INTO usage ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
+_ROWS_PER_INSERT = 500  # at most; fewer when SQLite's bound-variable limit is lower (999 before 3.32)
 _SUMS = "COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), SUM(estimated), SUM(audio_seconds)"
 # Columns added after the first release, with their definition: a ledger file written by an
 # older gateway gets them on open (SQLite adds a column with a default in place, instantly).
@@ -89,6 +91,7 @@ class SqliteStore:
         self.path = path
         self._w = writer
         self._r = reader
+        self._per_insert = max(1, min(_ROWS_PER_INSERT, writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(FIELDS)))
         self._wpool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-sqlite-w")
         self._rpool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-sqlite-r")
 
@@ -108,11 +111,20 @@ class SqliteStore:
 
     async def write(self, records: Sequence[UsageRecord], batch_id: str) -> None:
         rows = [_row(r) for r in records]
+        per = self._per_insert
 
         def _insert() -> None:
             # One transaction per batch: all rows or none, so a retry cannot duplicate.
+            # Several rows per INSERT: `executemany` steps once per row, and each step
+            # hands the GIL back and forth with the event loop thread. A batch that fits
+            # one INSERT needs no BEGIN/COMMIT (a statement is atomic): one step in all.
+            if len(rows) <= per:
+                self._w.execute(_insert_sql(len(rows)), list(itertools.chain.from_iterable(rows)))
+                return
             with _transaction(self._w):
-                self._w.executemany(_INSERT, rows)
+                for i in range(0, len(rows), per):
+                    part = rows[i : i + per]
+                    self._w.execute(_insert_sql(len(part)), list(itertools.chain.from_iterable(part)))
 
         await self._run(self._wpool, _insert)
 
@@ -185,6 +197,13 @@ def _range(since: float | None, until: float | None) -> tuple[str, list[float]]:
         clauses.append("ts < ?")
         params.append(until)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_sql(n: int) -> str:
+    """An INSERT of `n` rows."""
+    one = f"({', '.join('?' * len(FIELDS))})"
+    return f"INSERT INTO usage ({', '.join(FIELDS)}) VALUES {', '.join([one] * n)}"
 
 
 # One C call per record (a generator per field was ~4x the cost, on the gateway's core).

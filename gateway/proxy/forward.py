@@ -203,7 +203,8 @@ async def _relay_body(
     ctx.usage = plan.body_usage(body)
     if plan.rewrite_body is not None:
         body = plan.rewrite_body(body)
-    ctx.keep_delivered(body)
+    if ctx.usage is None:  # kept only for the estimate, which the engine's usage makes moot
+        ctx.keep_delivered(body)
     headers = response_headers(resp.headers)
     headers.append((b"content-type", resp.headers.get("content-type", "application/json").encode("latin-1")))
     headers.append((b"x-request-id", ctx.request_id.encode()))

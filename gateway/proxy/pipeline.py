@@ -84,8 +84,8 @@ async def handle(state: GatewayState, route: Route, ex: Exchange) -> None:
             plan.pinned = pinned
         assert state.http is not None
         stopped = await ex.run(forward(state.http, pool, ctx, plan, ex, state.config.server.stream_keepalive))
-        if stopped == "disconnected":
-            ctx.error = "client disconnected"
+        if stopped == "disconnected" or stopped == "stalled":
+            ctx.error = "client disconnected" if stopped == "disconnected" else "client stopped reading"
             if ctx.status == 0:
                 ctx.status = 499
         elif stopped == "shutdown":

@@ -15,32 +15,74 @@ _EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
 
 
 class EventFramer:
-    """Splits a byte stream into complete SSE events (each returned with its `\\n\\n`)."""
+    """Splits a byte stream into complete SSE events (each returned with its `\\n\\n`).
 
-    __slots__ = ("_buf",)
+    Linear in the bytes fed: each chunk is searched once, and an event split across
+    chunks is joined once, when it completes (re-joining and re-scanning the pending
+    part on every chunk was quadratic: a 64 KiB event in 1.5 KB pieces cost ~20 ms).
+    """
+
+    __slots__ = ("_parts", "_cr", "_crlf")
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._parts: list[bytes] = []  # the incomplete event so far
+        self._cr = False  # a chunk ended in `\r`, held back in case `\n` follows
+        # Whether this stream uses CRLF, decided by its first separator (one engine, one
+        # convention): LF streams then skip a scan of every chunk for `\r`.
+        self._crlf: bool | None = None
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        buf = self._buf + chunk if self._buf else chunk
-        if b"\r\n" in buf:
+        crlf = self._crlf
+        if crlf is None:
+            if b"\r" in chunk:
+                crlf = self._crlf = True
+            elif b"\n\n" in chunk or (self._parts and chunk[:1] == b"\n"):
+                crlf = self._crlf = False
+        if crlf:
             # Rare (vLLM/SGLang use \n); normalise so one separator rule applies.
-            buf = buf.replace(b"\r\n", b"\n")
+            chunk = self._normalise(chunk)
         events: list[bytes] = []
+        parts = self._parts
         start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
-            events.append(buf[start : end + 2])
+        if parts:
+            if chunk[:1] == b"\n" and parts[-1][-1:] == b"\n":
+                # The separator straddles the two chunks.
+                events.append(b"".join(parts) + b"\n")
+                parts.clear()
+                start = 1
+            else:
+                end = chunk.find(b"\n\n")
+                if end < 0:
+                    if chunk:
+                        parts.append(chunk)
+                    return events
+                parts.append(chunk[: end + 2])
+                events.append(b"".join(parts))
+                parts.clear()
+                start = end + 2
+        end = chunk.find(b"\n\n", start)
+        while end >= 0:
+            events.append(chunk[start : end + 2])
             start = end + 2
-        self._buf = buf[start:] if start < len(buf) else b""
+            end = chunk.find(b"\n\n", start)
+        if start < len(chunk):
+            parts.append(chunk[start:] if start else chunk)
         return events
+
+    def _normalise(self, chunk: bytes) -> bytes:
+        if self._cr:
+            chunk = b"\r" + chunk
+            self._cr = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            self._cr = True
+        return chunk.replace(b"\r\n", b"\n")
 
     def rest(self) -> bytes:
         """Whatever trails the last complete event (a stream that ended mid-event)."""
-        rest, self._buf = self._buf, b""
+        rest = b"".join(self._parts) + (b"\r" if self._cr else b"")
+        self._parts.clear()
+        self._cr = False
         return rest
 
 
@@ -90,16 +132,21 @@ def without_usage(event: bytes) -> bytes:
 
 def _object_end(data: bytes, start: int) -> int:
     """Index of the `}` closing the object opening at `start` (usage holds no strings), or -1."""
-    depth = 0
-    for k in range(start, len(data)):
-        c = data[k]
-        if c == 0x7B:  # {
+    # Jumps from brace to brace with `find` (C) instead of a Python loop over every byte.
+    depth, k = 1, start
+    while True:
+        close = data.find(b"}", k + 1)
+        if close < 0:
+            return -1
+        opened = data.find(b"{", k + 1, close)
+        if opened >= 0:
             depth += 1
-        elif c == 0x7D:  # }
-            depth -= 1
-            if depth == 0:
-                return k
-    return -1
+            k = opened
+            continue
+        depth -= 1
+        if depth == 0:
+            return close
+        k = close
 
 
 def is_usage_only(event: bytes) -> bool:

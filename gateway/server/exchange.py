@@ -5,8 +5,10 @@ interface only, so they run unchanged under our own HTTP/1.1 protocol (`server.h
 bytes straight to the socket) and under any ASGI server (`server.asgi.AsgiExchange`).
 
 What blocks: `body` waits for the client's bytes (bounded by the server's body
-timeout); `write` waits only while the client is not reading (bounded by the server's
-write timeout, after which the connection is closed and the request cancelled).
+timeout). `write` never waits on our own server: while the client does not read, bytes
+queue up to the server's `relay_buffer_bytes`, and past that (or after `write_timeout`
+without progress) the connection is reset and the request cancelled ("stalled"). Under
+ASGI, `write` waits while the client is not reading, as the ASGI server decides.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Literal, Protocol
 
 RawHeaders = list[tuple[bytes, bytes]]
 
-# Why `Exchange.run` stopped its work early: the client went away, or the server is
-# shutting down and the drain period is over (the stream still gets a proper ending).
-Interruption = Literal["disconnected", "shutdown"]
+# Why `Exchange.run` stopped its work early: the client went away, it stopped reading
+# (the server cut it), or the server is shutting down and the drain period is over (the
+# stream still gets a proper ending).
+Interruption = Literal["disconnected", "stalled", "shutdown"]
 
 
 class ClientDisconnected(Exception):
@@ -47,7 +50,7 @@ class Exchange(Protocol):
         ...
 
     async def write(self, data: bytes) -> None:
-        """One piece of a streamed body, sent at once; waits while the client is not reading."""
+        """One piece of a streamed body, sent at once (see the module's note on what blocks)."""
         ...
 
     async def end(self, data: bytes = b"") -> None:

@@ -9,10 +9,15 @@ The server owns client-side robustness (issue #13):
 - a request's headers must arrive within `header_timeout` (slowloris), a body may not
   pause longer than `body_timeout`, an idle keep-alive connection lives
   `keep_alive_timeout`; headers past `max_header_bytes` get a 431;
-- a client that leaves a response unread for `write_timeout` (the transport stays
-  paused) is disconnected; the disconnect cancels its request, which closes the engine
-  connection (the engine aborts it) and frees the pool slot. While the client is paused
-  the relay waits, so the engine client stops reading too: memory stays bounded;
+- a client that does not read never holds an engine back: while its socket is not
+  writable the relay keeps reading the engine's stream into the transport's buffer, up
+  to `relay_buffer_bytes` per request (and the kernel holds at most about twice
+  `client_send_buffer_bytes`: a fixed SO_SNDBUF, not autotuning's megabytes). Past that bound, or once the client has read
+  nothing for `write_timeout`, the connection is reset and the request cancelled
+  ("stalled"), which closes the engine connection (the engine aborts the request) and
+  frees the pool slot at once. A stream that fits in the bound finishes, and its slot
+  frees, while its last bytes still wait for the client. While the client reads, each
+  event goes out as it arrives (nothing is held back);
 - malformed HTTP gets an OpenAI-shaped 400 (`bad_http_request`) and the connection closes.
 
 Keep-alive and pipelining: requests on one connection are answered in order; while one
@@ -154,7 +159,7 @@ class HttpExchange:
         conn = self.conn
         conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         if conn.write_paused:
-            await conn.drained()
+            await conn.backlogged()
 
     async def end(self, data: bytes = b"") -> None:
         if not self.streaming:
@@ -198,6 +203,10 @@ class HttpConnection(asyncio.Protocol):
         self.write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self._write_timer: asyncio.TimerHandle | None = None
+        # Bytes handed to the transport, and how many of them the client had taken when
+        # the write timer was last armed: the client's progress while it is paused.
+        self._sent = 0
+        self._taken_mark = 0
         # The request being parsed, the one being answered, the ones waiting their turn.
         self._url = b""
         self._headers: RawHeaders = []
@@ -220,6 +229,8 @@ class HttpConnection(asyncio.Protocol):
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.cfg.client_send_buffer_bytes:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.cfg.client_send_buffer_bytes)
             except OSError:
                 pass
         self.server.connections.add(self)
@@ -255,6 +266,7 @@ class HttpConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         if self._write_timer is None:
+            self._taken_mark = self._taken()
             self._write_timer = self.loop.call_later(self.cfg.write_timeout, self._write_stalled)
 
     def resume_writing(self) -> None:
@@ -372,10 +384,30 @@ class HttpConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
+            self._sent += len(data)
             self.transport.write(data)
 
+    def _taken(self) -> int:
+        """Bytes the client (its socket) has taken off the transport so far."""
+        t = self.transport
+        return self._sent - (t.get_write_buffer_size() if t is not None else 0)
+
+    async def backlogged(self) -> None:
+        """Called after a write while the client is not reading.
+
+        Returns at once while the backlog fits in `relay_buffer_bytes`: the relay goes
+        on reading the engine, so the engine's slot never waits on this client. Past the
+        bound the client is cut, and this waits for the cancellation that follows."""
+        if self.closed or self.transport is None:
+            raise ConnectionResetError("client disconnected")
+        limit = self.cfg.relay_buffer_bytes
+        if self.transport.get_write_buffer_size() <= limit:
+            return
+        self._cut(f"its unread backlog passed relay_buffer_bytes ({limit})")
+        await self.drained()
+
     async def drained(self) -> None:
-        """Wait until the client reads again (the write timeout bounds the wait)."""
+        """Wait until the client reads again, or until the request is cancelled."""
         if self.closed:
             raise ConnectionResetError("client disconnected")
         if self._drain is None or self._drain.done():
@@ -384,15 +416,29 @@ class HttpConnection(asyncio.Protocol):
 
     def _write_stalled(self) -> None:
         self._write_timer = None
-        if self.write_paused and not self.closed and self.transport is not None:
-            log.info("closing a connection whose client has not read for %.0f s", self.cfg.write_timeout)
-            sock = self.transport.get_extra_info("socket")
-            if sock is not None:
-                # Reset, not FIN: a closed socket with unsent bytes would otherwise linger in
-                # the kernel (holding its buffer) for as long as the client keeps its window shut.
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.transport.abort()
+        if not self.write_paused or self.closed or self.transport is None:
+            return
+        taken = self._taken()
+        if taken > self._taken_mark:  # slow, but reading: another window
+            self._taken_mark = taken
+            self._write_timer = self.loop.call_later(self.cfg.write_timeout, self._write_stalled)
+            return
+        self._cut(f"its client read nothing for {self.cfg.write_timeout:g} s")
+
+    def _cut(self, why: str) -> None:
+        """Reset a connection whose client stopped reading; cancel its request ("stalled")."""
+        if self.closed or self.transport is None:
+            return
+        log.info("closing a connection: %s", why)
+        if self.current is not None:
+            self.current.interrupt("stalled")
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            # Reset, not FIN: a closed socket with unsent bytes would otherwise linger in
+            # the kernel (holding its buffer) for as long as the client keeps its window shut.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

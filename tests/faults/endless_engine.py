@@ -2,7 +2,9 @@
 
 Each stream is 64 KiB events for as long as the reader keeps up, so whatever buffers sit
 between the engine and a client that never reads (kernel socket buffers grow to
-megabytes on loopback) fill up and the relay stalls for sure. `streaming` counts the
+megabytes on loopback) fill up and the relay stalls for sure. `interval` spaces the
+events out (an engine generating slowly): then only a client that reads nothing for a
+while, not a full buffer, gets it cut. `streaming` counts the
 streams it is writing: the engine's own gauge, which drops only when the gateway closes
 its connection. Runs in a thread with its own event loop; stop it with `close()`.
 """
@@ -25,9 +27,11 @@ _MODELS = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]
 
 
 class EndlessEngine:
-    def __init__(self) -> None:
+    def __init__(self, interval: float = 0.0) -> None:
         self.port = free_port()
+        self.interval = interval
         self.streaming = 0
+        self.streams = 0  # streams started, ever
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="endless-engine", daemon=True)
@@ -84,9 +88,12 @@ class EndlessEngine:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
         chunk = b"%x\r\n%b\r\n" % (len(_EVENT), _EVENT)
         self.streaming += 1
+        self.streams += 1
         try:
             while True:
                 writer.write(chunk)
                 await writer.drain()
+                if self.interval:
+                    await asyncio.sleep(self.interval)
         finally:
             self.streaming -= 1

@@ -1,5 +1,6 @@
 """Clients that misbehave on purpose (issue #13): one that never reads a stream must not
-keep its engine slot past the write timeout, and the pool must go on serving others."""
+keep its engine slot: the gateway cuts it once its bounded relay buffer overflows, or once
+it has read nothing for the write timeout, and the pool goes on serving others."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import time
 import httpx
 import pytest
 
+from gateway.metering.record import UsageRecord
 from gateway.sim.testing import SimProcess
 from tests.faults.endless_engine import EndlessEngine
 from tests.gw import CLIENT_KEY, GatewayServer, auth_yaml, wait_until
 
 WRITE_TIMEOUT = 1.0
+RELAY_BUFFER = 256 * 1024
 
 
 def _never_reading_stream(port: int) -> socket.socket:
@@ -30,10 +33,30 @@ def _never_reading_stream(port: int) -> socket.socket:
     return s
 
 
-def test_a_never_reading_client_releases_its_slot_within_the_write_timeout() -> None:
+def _chat(gw: GatewayServer, timeout: float = 20) -> httpx.Response:
+    return httpx.post(gw.base_url + "/chat/completions", headers={"authorization": f"Bearer {CLIENT_KEY}"},
+                      json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, timeout=timeout)
+
+
+def _records(gw: GatewayServer, n: int) -> list[UsageRecord]:
+    assert wait_until(lambda: gw.state.meter.recorded >= n, 10), gw.state.meter.recorded
+    assert gw.call(lambda: gw.state.meter.flush()) is True
+    return list(gw.state.meter.store.records)
+
+
+def _assert_reset(deaf: socket.socket) -> None:
+    """The server reset the stalled client's connection (after whatever was queued for it)."""
+    deaf.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        while deaf.recv(1 << 20):
+            pass
+
+
+def test_a_never_reading_client_frees_its_engine_slot_as_soon_as_its_relay_buffer_overflows() -> None:
+    # The write timeout is far away: only the bounded relay buffer can release the slot.
     with EndlessEngine() as engine:
         cfg = auth_yaml() + f"""
-server: {{write_timeout: {WRITE_TIMEOUT}}}
+server: {{write_timeout: 60, relay_buffer_bytes: {RELAY_BUFFER}}}
 store: "memory://"
 pools:
   m: {{endpoints: ["{engine.base_url}"], max_concurrency: 1}}
@@ -42,26 +65,78 @@ pools:
             pool = gw.state.pools["m"]
             deaf = _never_reading_stream(gw.port)
             try:
-                # It holds the pool's only slot, and the engine is streaming for it.
+                assert wait_until(lambda: engine.streams == 1, 5)
+                t0 = time.monotonic()
+                # The engine writes as fast as it can: kernel buffers and the 256 KiB relay
+                # buffer fill in well under a second, then the gateway aborts the engine
+                # request (the engine's own gauge drops) and the slot is free.
+                assert wait_until(lambda: engine.streaming == 0 and pool.outstanding == 0, 5), (
+                    engine.streaming, pool.outstanding)
+                freed = time.monotonic() - t0
+                assert freed < 5, freed
+                r = _chat(gw)
+                assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok"
+                _assert_reset(deaf)
+                # Metered: a cut stream that reached the client's socket, marked as such.
+                cut = [r for r in _records(gw, 2) if r.error is not None]
+                assert len(cut) == 1 and cut[0].error == "client stopped reading" and cut[0].status == 200
+            finally:
+                deaf.close()
+
+
+def test_a_never_reading_client_on_a_slow_stream_is_cut_after_the_write_timeout() -> None:
+    # 64 KiB every 20 ms: the relay buffer (64 MiB) would take ~20 s to overflow, so what
+    # cuts this client is the write timeout: it has read nothing for WRITE_TIMEOUT.
+    with EndlessEngine(interval=0.02) as engine:
+        cfg = auth_yaml() + f"""
+server: {{write_timeout: {WRITE_TIMEOUT}, relay_buffer_bytes: {64 * 1024 * 1024}}}
+store: "memory://"
+pools:
+  m: {{endpoints: ["{engine.base_url}"], max_concurrency: 1}}
+"""
+        with GatewayServer(cfg) as gw:
+            pool = gw.state.pools["m"]
+            deaf = _never_reading_stream(gw.port)
+            try:
                 assert wait_until(lambda: pool.outstanding == 1 and engine.streaming == 1, 5)
                 t0 = time.monotonic()
                 # Another client asks meanwhile: it is served once the stalled one is cut.
-                r = httpx.post(gw.base_url + "/chat/completions", headers={"authorization": f"Bearer {CLIENT_KEY}"},
-                               json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, timeout=20)
+                r = _chat(gw)
                 waited = time.monotonic() - t0
                 assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok"
-                # The buffers on the way fill within a second or so; then the write timeout cuts it.
-                assert waited < WRITE_TIMEOUT + 4.0, waited
-                # The engine saw its connection close and stopped the stream (its own gauge).
+                # Kernel buffers take a few MB (~1-3 s at this rate); then the write timeout.
+                assert WRITE_TIMEOUT <= waited < WRITE_TIMEOUT + 6.0, waited
                 assert wait_until(lambda: engine.streaming == 0, 2), engine.streaming
-                assert wait_until(lambda: pool.outstanding == 0, 1)  # released just after the last byte
-                # The server reset the stalled client's connection.
-                deaf.settimeout(5)
-                with pytest.raises(ConnectionResetError):
-                    while deaf.recv(1 << 20):
-                        pass
+                _assert_reset(deaf)
             finally:
                 deaf.close()
+
+
+def test_many_never_reading_clients_do_not_starve_the_others() -> None:
+    # More non-readers than slots: each is cut as its buffer overflows, so normal
+    # requests keep being served while they sit there with their sockets open.
+    with EndlessEngine() as engine:
+        cfg = auth_yaml() + f"""
+server: {{write_timeout: 60, relay_buffer_bytes: {RELAY_BUFFER}}}
+store: "memory://"
+pools:
+  m: {{endpoints: ["{engine.base_url}"], max_concurrency: 4}}
+"""
+        with GatewayServer(cfg) as gw:
+            pool = gw.state.pools["m"]
+            deaf = [_never_reading_stream(gw.port) for _ in range(6)]
+            try:
+                assert wait_until(lambda: engine.streams == 6 and engine.streaming == 0 and pool.outstanding == 0,
+                                  10), (engine.streams, engine.streaming, pool.outstanding)
+                for _ in range(5):
+                    t0 = time.monotonic()
+                    r = _chat(gw, timeout=5)
+                    assert r.status_code == 200 and time.monotonic() - t0 < 2
+                for d in deaf:
+                    _assert_reset(d)
+            finally:
+                for d in deaf:
+                    d.close()
 
 
 def test_a_client_that_reads_slowly_but_steadily_is_not_cut() -> None:
@@ -83,3 +158,24 @@ pools:
                         events, last = events + 1, line
                         time.sleep(0.05)  # 30 x 50 ms: longer than the write timeout in total
             assert events >= 30 and last == "data: [DONE]"
+
+
+def test_client_sockets_get_the_configured_send_buffer() -> None:
+    # A fixed SO_SNDBUF, not the kernel's autotuning (megabytes on loopback): what a client
+    # that stops reading can absorb before the relay buffer takes over stays small.
+    with SimProcess(["--served-model-name", "m"]) as sim:
+        cfg = auth_yaml() + f"""
+server: {{client_send_buffer_bytes: 131072}}
+store: "memory://"
+pools:
+  m: {{endpoints: ["{sim.base_url}"]}}
+"""
+        with GatewayServer(cfg) as gw, socket.create_connection(("127.0.0.1", gw.port)) as s:
+            assert wait_until(lambda: len(gw.server.connections) == 1, 5)
+            conn = next(iter(gw.server.connections))
+            sock = conn.transport.get_extra_info("socket")
+            # Linux doubles the value for its bookkeeping; autotuning would start at 16 KiB
+            # and grow to 4 MiB.
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 131072
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")

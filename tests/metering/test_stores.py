@@ -142,6 +142,25 @@ def test_time_parsing_and_csv() -> None:
     assert len(text.splitlines()) == len(rows) + 1
 
 
+def test_sqlite_writes_a_batch_larger_than_one_insert_whole(tmp_path: Path) -> None:
+    # Rows go in several per INSERT (500 at most): a batch of 1,234 spans three statements,
+    # the last one partial; every row must land, once.
+    async def main() -> None:
+        recs = records(1234, seed=7)
+        store = await open_store(f"sqlite:///{tmp_path}/u.db")
+        try:
+            await store.write(recs, "big")
+            for group in ("key", "pool", "user"):
+                assert await store.query(group, None, None) == aggregate(recs, group, None, None)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    conn = sqlite3.connect(tmp_path / "u.db")
+    assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM usage").fetchone() == (1234, 1234)
+    conn.close()
+
+
 # The ledger schema before `audio_seconds` (as gateways up to issue #17 wrote it).
 OLD_SCHEMA = """
 CREATE TABLE usage (

@@ -46,3 +46,32 @@ def test_without_usage_keeps_the_rest_of_a_content_chunk() -> None:
     assert orjson.loads(without_usage(b'data: {"usage": {"a": 1}, "choices": []}\n\n')[6:]) == {"choices": []}
     last = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
     assert orjson.loads(without_usage(last)[6:]) == {"choices": [{"delta": {"content": "x"}}]}
+
+
+def test_the_framer_splits_any_chunking_like_the_whole_stream() -> None:
+    # Events cut at random places (separators split across chunks included), LF or CRLF
+    # streams: the framer returns the events a split of the whole stream gives, and rest().
+    import random
+
+    from gateway.proxy.sse import EventFramer
+
+    def whole(stream: bytes) -> tuple[list[bytes], bytes]:
+        s, out, start = stream.replace(b"\r\n", b"\n"), [], 0
+        while (end := s.find(b"\n\n", start)) >= 0:
+            out.append(s[start : end + 2])
+            start = end + 2
+        return out, s[start:]
+
+    rnd = random.Random(3)
+    for _ in range(3000):
+        sep = rnd.choice([b"\n\n", b"\r\n\r\n"])
+        nl = sep[: len(sep) // 2]
+        events = [nl.join(b"data: " + bytes(rnd.choice(b"ab:") for _ in range(rnd.randint(0, 10)))
+                          for _ in range(rnd.randint(1, 3))) + sep for _ in range(rnd.randint(0, 8))]
+        stream = b"".join(events) + rnd.choice([b"", b"data: tail", b"data: x" + nl])
+        cuts = sorted(rnd.sample(range(len(stream) + 1), min(len(stream) + 1, rnd.randint(0, 8))))
+        framer, got, prev = EventFramer(), [], 0
+        for c in [*cuts, len(stream)]:
+            got += framer.feed(stream[prev:c])
+            prev = c
+        assert (got, framer.rest()) == whole(stream), (stream, cuts)
