@@ -85,11 +85,14 @@ def test_a_load_that_times_out_ends_the_stream_with_an_error_event(tmp_path: Pat
         data = [line for _, line in lines if line.startswith("data:")]
         assert data[-1] == "data: [DONE]" and len(data) == 2
         err = json.loads(data[0].removeprefix("data: "))["error"]
-        assert "no ready backend" in err["message"] and err["type"] == "server_error"
+        # The start fails outright (#16's fast fail): the reason, in the stream's error event.
+        # (Stream error events carry the dialect's one code, `upstream_error`; the reason is in the message.)
+        assert err["type"] == "server_error", err
+        assert "failed to start" in err["message"] and "not ready after 1.5s" in err["message"], err
         assert any(line.startswith(":") for _, line in lines)
 
         c = openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=60)
-        with pytest.raises(openai.APIError, match="no ready backend"):
+        with pytest.raises(openai.APIError, match="failed to start"):
             list(c.chat.completions.create(model="never", stream=True, messages=[{"role": "user", "content": "hi"}]))
 
 
