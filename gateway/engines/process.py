@@ -636,7 +636,9 @@ class EngineProcess:
             "parked_for": round(now - self.parked_at, 1)
             if self.state in PARKED and self.parked_at is not None
             else None,
-            "retry_in": round(max(0.0, self.retry_at - now), 1)
+            # Rounded up: 0 only once a request would really start it (rounding to nearest
+            # said 0 for the last 50 ms of a backoff that still refused requests).
+            "retry_in": max(0.0, math.ceil((self.retry_at - now) * 10) / 10)
             if self.state is S.FAILED and self.retry_at is not None and math.isfinite(self.retry_at)
             else None,
             "last_load_seconds": None if self.last_load is None else round(self.last_load, 2),
