@@ -78,6 +78,9 @@ PARKED = (S.STOPPED, S.SLEEPING)
 TAIL_IN_ERRORS = 20
 # In a failed start's output: the engine does not support sleep mode (vLLM's ModelConfig).
 SLEEP_REFUSED = "sleep mode is not supported"
+# How often a running engine's exit is checked (see exit_of): a dead engine refuses connections,
+# so this bounds how long it is still counted ready.
+EXIT_POLL = 0.1
 
 
 class InvalidTransition(RuntimeError):
@@ -102,6 +105,18 @@ class Transition:
 
 OnChange = Callable[["EngineProcess", BackendState, BackendState], None]
 
+
+async def exit_of(proc: asyncio.subprocess.Process) -> int:
+    """The process's exit code, as soon as it exits.
+
+    Not `proc.wait()`: in asyncio that returns only once every pipe is closed too, and an
+    engine's children inherit its stdout. vLLM's EngineCore outlives a SIGKILLed API
+    server for seconds (or for good), and the exit went unseen meanwhile: the engine
+    stayed READY while refusing connections. `returncode` is set at the exit itself."""
+    # No public event for "exited, pipes still open": poll (cheap: one attribute read).
+    while proc.returncode is None:  # noqa: ASYNC110
+        await asyncio.sleep(EXIT_POLL)
+    return proc.returncode
 
 class EngineProcess:
     def __init__(
@@ -350,7 +365,7 @@ class EngineProcess:
         """Wait asleep for `activate` (or the process's exit). None: awake and READY again;
         else why the wake failed (state WAKING) or the process ended (state STOPPED)."""
         assert self.proc is not None
-        exited = asyncio.ensure_future(self.proc.wait())
+        exited = asyncio.ensure_future(exit_of(self.proc))
         wanted = asyncio.ensure_future(self._activated.wait())
         try:
             await asyncio.wait({exited, wanted}, return_when=asyncio.FIRST_COMPLETED)
@@ -443,7 +458,7 @@ class EngineProcess:
                 waited=self.demand_started,
             )
         )
-        exited = asyncio.ensure_future(self.proc.wait())
+        exited = asyncio.ensure_future(exit_of(self.proc))
         try:
             await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -481,7 +496,7 @@ class EngineProcess:
         assert self.proc is not None
         loop = asyncio.get_running_loop()
         interrupt = self._interrupt = loop.create_future()
-        exited = asyncio.ensure_future(self.proc.wait())
+        exited = asyncio.ensure_future(exit_of(self.proc))
         probes = asyncio.ensure_future(
             health.monitor(self._session(), self._target(), self.backend, self.spec.health, self._on_verdict)
         )

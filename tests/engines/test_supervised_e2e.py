@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -134,3 +135,31 @@ def test_engine_refusing_the_pools_key_fails_at_once_and_visibly(
         assert "failed" in out and "rejected the gateway's key" in out and "0/1 ready" in out
         # No restart happened behind our back meanwhile.
         assert _backend_rows(gw)[0]["restarts"] == 0
+
+
+def test_engine_killed_while_its_child_holds_stdout_is_seen_dead_at_once(tmp_path: Any) -> None:
+    """vLLM's EngineCore outlives a SIGKILLed API server holding the inherited stdout. asyncio's
+    `Process.wait()` returns only once every pipe closes, so the supervisor kept the dead
+    engine READY for as long as the child lived (seen on real vLLM: seconds). Here the child
+    lives 60 s; the exit must be seen within a second or two, and the engine restarted."""
+    script = tmp_path / "engine.py"
+    script.write_text(
+        "import subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])  # inherits stdout\n"
+        "from gateway.sim.__main__ import main\n"
+        "sys.exit(main())\n"
+    )
+    extra = f"command: [{sys.executable}, {script}]"
+    with GatewayServer(_cfg(str(tmp_path), '[--ttft-ms, "1", --itl-ms, "1"]', extra)) as gw:
+        assert gw.call(lambda: gw.state.supervisor.wait_ready(30))
+        pid = _backend_rows(gw)[0]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        assert wait_until(lambda: _backend_rows(gw)[0]["state"] != "ready", 10)
+        assert time.monotonic() - t0 < 2, time.monotonic() - t0
+        # Restarted (the old group, child included, is killed first) and serving again.
+        assert wait_until(lambda: (r := _backend_rows(gw)[0])["state"] == "ready" and r["restarts"] == 1, 30)
+        r = httpx.post(gw.base_url + "/chat/completions", headers={"authorization": f"Bearer {CLIENT_KEY}"},
+                       json={"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+                       timeout=20)  # fmt: skip
+        assert r.status_code == 200, r.text
