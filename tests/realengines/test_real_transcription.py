@@ -13,6 +13,7 @@ import io
 import math
 import os
 import struct
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,6 +93,20 @@ def ledger(gw: Gateway) -> dict[str, Any]:
     return gw.usage("pool").get(POOL, {})
 
 
+def quiet_ledger(gw: Gateway) -> dict[str, Any]:
+    """The ledger once the previous tests' rows have landed (group commit every 100 ms): a
+    row landing after a test read its `before` was billed to that test."""
+    last = ledger(gw)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = ledger(gw)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def settled(gw: Gateway, requests: int) -> dict[str, Any]:
     assert wait_for(lambda: int(ledger(gw).get("requests", 0)) >= requests, 10, 0.2), ledger(gw)
     return ledger(gw)
@@ -120,7 +135,7 @@ def test_other_sample_rates_are_resampled_by_the_engine(client: openai.OpenAI, e
 
 def test_stream_relays_vllm_chunks_and_meters_its_tokens(asr: AsrGateway, client: openai.OpenAI,
                                                         expect: dict[str, Any]) -> None:
-    before = ledger(asr)
+    before = quiet_ledger(asr)
     e0 = engine_tokens(asr)
     events = [e.to_dict() for e in client.audio.transcriptions.create(
         model=POOL, file=("tone.wav", io.BytesIO(wav(1.5)), "audio/wav"), language="en", stream=True)]
@@ -132,7 +147,8 @@ def test_stream_relays_vllm_chunks_and_meters_its_tokens(asr: AsrGateway, client
     seen: list[tuple[int, int]] = []
 
     def same() -> bool:
-        e1 = engine_tokens(asr)
+        nonlocal row
+        e1, row = engine_tokens(asr), ledger(asr)
         seen[:] = [(e1[0] - e0[0], e1[1] - e0[1]),
                    (row["prompt_tokens"] - before.get("prompt_tokens", 0),
                     row["completion_tokens"] - before.get("completion_tokens", 0))]
@@ -149,7 +165,7 @@ def test_stream_relays_vllm_chunks_and_meters_its_tokens(asr: AsrGateway, client
 
 
 def test_ledger_audio_seconds_equal_vllms_usage(asr: AsrGateway, client: openai.OpenAI) -> None:
-    before = ledger(asr)
+    before = quiet_ledger(asr)
     reported = 0
     for seconds in (0.4, 3.7, 6.0):
         t = client.audio.transcriptions.create(model=POOL, file=("t.wav", io.BytesIO(wav(seconds)), "audio/wav"),
