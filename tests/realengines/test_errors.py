@@ -14,7 +14,7 @@ import pytest
 from .conftest import CHAT_POOLS, LLAMA_CHAT, VLLM_CHAT, require
 from .harness import CLIENT_KEY, Gateway
 
-# More tokens than vLLM's 1024-token context and than a llama.cpp slot (65536 / 2 slots).
+# More tokens than vLLM's 16384-token context and than a llama.cpp slot (65536 / 2 slots).
 LONG_PROMPT = "hello " * 40000
 
 
