@@ -1,8 +1,9 @@
 """Chat and legacy completions: plan the output, hold a batch slot for the simulated time,
 and answer in vLLM's JSON or SSE shapes.
 
-Timing: TTFT = queue wait + ttft + prefill_ms_per_token * uncached prompt tokens (the
-prefix cache serves the rest); then one step per ITL (times the batch slowdown, with
+Timing: TTFT = queue wait + ttft + the prefills booked ahead of this one (the engine
+computes one prompt at a time: `Scheduler.book_prefill`) + prefill_ms_per_token *
+uncached prompt tokens (the prefix cache serves the rest); then one step per ITL (times the batch slowdown, with
 jitter). Deadlines are absolute, so timer lateness does not accumulate over long streams.
 
 Admission: wait while the engine sleeps, then for a batch slot, then for KV blocks. An
@@ -169,7 +170,9 @@ class Generation:
         self.kv = RequestKv(st.kv, prompts, outputs)
         self.cached_tokens = await self.kv.admit()
         uncached = self.req.prompt_tokens - self.cached_tokens
-        self.ttft_s = (self.ttft_fixed_ms + st.cfg.prefill_ms_per_token * uncached) / 1000.0
+        prefill_s = st.cfg.prefill_ms_per_token * uncached / 1000.0
+        behind_s = st.sched.book_prefill(asyncio.get_running_loop().time(), prefill_s)
+        self.ttft_s = behind_s + self.ttft_fixed_ms / 1000.0 + prefill_s
 
     def _leave(self, completed: bool) -> None:
         """Free the slot and the KV blocks; a completed request's output blocks stay cached."""

@@ -4,6 +4,12 @@ A slot is handed directly from a finishing request to the oldest waiter, so the
 running count never dips in between and FIFO order holds. A waiter that is
 cancelled (client disconnect) leaves the queue at once, so `num_requests_waiting`
 is exact at every instant.
+
+Prefill is compute-bound: an engine spends its step budget on one prompt's uncached
+tokens before the next one's (vLLM's chunked prefill shares each step's token budget
+among them, which ends at the same total), so prefills queue behind each other
+(`book_prefill`). Without that, two 10k-token misses would each start their first token
+as if alone, and a router's prefill-backlog estimate would have nothing to predict.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ class Scheduler:
         self.batch_slowdown = batch_slowdown
         self.jitter = jitter
         self.running = 0
+        self.prefill_free_at = 0.0  # loop time at which the prefills booked so far are done
         self._waiting: OrderedDict[int, asyncio.Future[None]] = OrderedDict()
         self._ids = itertools.count()
         # Jitter needs no reproducibility across runs, but a seeded RNG keeps runs comparable.
@@ -62,6 +69,16 @@ class Scheduler:
         self.running -= 1
 
     # ---- timing --------------------------------------------------------------
+    def book_prefill(self, now: float, seconds: float) -> float:
+        """Queue `seconds` of prefill compute behind the prefills already booked; returns the
+        wait before it starts. A request that leaves before its prefill ran keeps its booking
+        (vLLM would free it at the next step): pessimistic only under cancellations."""
+        if seconds <= 0.0:
+            return 0.0
+        start = max(now, self.prefill_free_at)
+        self.prefill_free_at = start + seconds
+        return start - now
+
     def slowdown(self) -> float:
         """ITL factor from batch occupancy: 1 when (nearly) empty, batch_slowdown when full."""
         if self.batch_slowdown == 1.0:

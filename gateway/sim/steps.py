@@ -79,7 +79,9 @@ class Run:
         self.kv = RequestKv(st.kv, [st.prompt_ids.get(prompt.key, prompt.ids)], [self.plan.completion_tokens])
         self.cached_tokens = await self.kv.admit()
         uncached = self.req.prompt_tokens - self.cached_tokens
-        self.ttft_s = (self.ttft_fixed_ms + st.cfg.prefill_ms_per_token * uncached) / 1000.0
+        prefill_s = st.cfg.prefill_ms_per_token * uncached / 1000.0
+        behind_s = st.sched.book_prefill(asyncio.get_running_loop().time(), prefill_s)
+        self.ttft_s = behind_s + self.ttft_fixed_ms / 1000.0 + prefill_s
 
     def _leave(self, completed: bool) -> None:
         st = self.st

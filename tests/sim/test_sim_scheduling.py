@@ -164,6 +164,28 @@ def test_batch_slowdown_and_prefill_cost() -> None:
         assert 0.39 <= time.monotonic() - t < 0.55
 
 
+def test_prefills_queue_behind_each_other() -> None:
+    # Two different 400-ish-token prompts at 2 ms per token, admitted together: the engine
+    # prefills one, then the other, so the later first token comes after both prefills
+    # (as on vLLM), not after one. Read from the sim's own TTFT histogram, not wall clock.
+    args = ["--max-num-seqs", "4", "--ttft-ms", "0", "--itl-ms", "0", "--prefill-ms-per-token", "2"]
+    with SimProcess(args) as sim:
+        prompts = [[{"role": "user", "content": w * 400}] for w in (" the", " and")]
+        one = 2 * tokens.count_chat_prompt(prompts[0]) / 1000.0
+
+        def ask(p: list[dict[str, str]]) -> None:
+            sim.request("POST", "/v1/chat/completions", {"model": "sim-model", "messages": p, "max_tokens": 1})
+
+        threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        ttft_sum = sim.metrics()["vllm:time_to_first_token_seconds_sum"]
+        assert ttft_sum >= 3 * one * 0.95  # one prefill alone + one waiting for it (not 2x one)
+        assert ttft_sum < 3 * one + 0.3
+
+
 def test_header_timing_overrides(sim2: SimProcess) -> None:
     t = time.monotonic()
     status, _ = sim2.request("POST", "/v1/chat/completions", {"model": "sim-model", "messages": MSGS,
