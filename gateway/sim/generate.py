@@ -22,23 +22,14 @@ from typing import Any
 import orjson
 
 from gateway.sim import textgen
+from gateway.sim.admission import Seat, header_ms
 from gateway.sim.http import Connection, Request
-from gateway.sim.prefix_cache import RequestKv, output_ids
+from gateway.sim.prefix_cache import output_ids
 from gateway.sim.protocol import GenRequest
 from gateway.sim.state import SimState
 from gateway.sim.textgen import ChoicePlan
 
 _DONE = b"data: [DONE]\n\n"
-
-
-def _header_ms(req: Request, name: str, default: float) -> float:
-    raw = req.headers.get(name)
-    if raw is None:
-        return default
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return default
 
 
 def _pick_tool(req: GenRequest) -> dict[str, Any] | None:
@@ -118,7 +109,7 @@ def _cut(plan: ChoicePlan, steps: int) -> ChoicePlan:
                                finish_reason="abort", stop_reason=None, tool_call=call)
 
 
-class Generation:
+class Generation(Seat):
     """One chat/completions request in flight."""
 
     def __init__(self, st: SimState, req: GenRequest, http: Request, conn: Connection) -> None:
@@ -130,14 +121,9 @@ class Generation:
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + os.urandom(16).hex()
         self.created = int(time.time())
         cfg = st.cfg
-        self.ttft_fixed_ms = _header_ms(http, "x-sim-ttft-ms", cfg.ttft_ms)
-        self.ttft_s = 0.0  # set at admission, once the cached prefix is known
-        self.cached_tokens = 0
-        self.kv: RequestKv | None = None
-        self.acquired = False
-        self.engine_aborted = False
-        self._timer: asyncio.Future[None] | None = None
-        self.itl_s = _header_ms(http, "x-sim-itl-ms", cfg.itl_ms) / 1000.0
+        self.ttft_fixed_ms = header_ms(http, "x-sim-ttft-ms", cfg.ttft_ms)
+        self._init_seat()
+        self.itl_s = header_ms(http, "x-sim-itl-ms", cfg.itl_ms) / 1000.0
         self.steps = max((p.steps for p in self.plans), default=0)
         self.llamacpp = cfg.dialect == "llamacpp"
         self._llamacpp_completion = not self.chat and self.llamacpp
@@ -152,54 +138,25 @@ class Generation:
         self.loop = asyncio.get_running_loop()
         self.t_arrive = self.loop.time()
 
-    # ---- admission and release ------------------------------------------------------
-    async def _admit(self) -> None:
-        """Engine awake -> batch slot -> KV blocks; then the TTFT is known."""
-        st = self.st
-        while True:
-            await st.engine.wait_awake()
-            await st.sched.acquire()
-            if not st.engine.is_sleeping:
-                break
-            st.sched.release()  # it fell asleep while we queued: wait for the wake-up again
-        self.acquired = True
-        st.engine.enter(self)
+    # ---- what the KV cache sees (admission and release: `Seat`) ------------------------
+    def _prompt_tokens(self) -> int:
+        return self.req.prompt_tokens
+
+    def _kv_shape(self) -> tuple[list[list[int]], list[int]]:
         n = self.req.n
-        prompts = [st.prompt_ids.get(p.key, p.ids) for p in self.req.prompts]
+        prompts = [self.st.prompt_ids.get(p.key, p.ids) for p in self.req.prompts]
         outputs = [sum(pl.completion_tokens for pl in self.plans[i * n:(i + 1) * n]) for i in range(len(prompts))]
-        self.kv = RequestKv(st.kv, prompts, outputs)
-        self.cached_tokens = await self.kv.admit()
-        uncached = self.req.prompt_tokens - self.cached_tokens
-        prefill_s = st.cfg.prefill_ms_per_token * uncached / 1000.0
-        behind_s = st.sched.book_prefill(asyncio.get_running_loop().time(), prefill_s)
-        self.ttft_s = behind_s + self.ttft_fixed_ms / 1000.0 + prefill_s
+        return prompts, outputs
 
-    def _leave(self, completed: bool) -> None:
-        """Free the slot and the KV blocks; a completed request's output blocks stay cached."""
-        st = self.st
-        if not self.acquired:
-            return
-        self.acquired = False
-        st.sched.release()
-        st.engine.leave(self)
-        if self.kv is not None:
-            outputs = None
-            if completed and st.kv.enabled:
-                n = self.req.n
-                outputs = []
-                for i in range(len(self.req.prompts)):
-                    plan = self.plans[i * n]
-                    text = plan.text("content") if plan.tool_call is None else None
-                    eos = plan.finish_reason == "stop" and plan.stop_reason is None
-                    outputs.append(output_ids(text, eos) if text else [])
-            self.kv.release(outputs)
-            self.kv = None
-
-    def engine_abort(self) -> None:
-        """The engine drops this request (sleep with mode=abort): end it at the next step."""
-        self.engine_aborted = True
-        if self._timer is not None and not self._timer.done():
-            self._timer.set_result(None)
+    def _cached_outputs(self) -> list[list[int]]:
+        n = self.req.n
+        outputs = []
+        for i in range(len(self.req.prompts)):
+            plan = self.plans[i * n]
+            text = plan.text("content") if plan.tool_call is None else None
+            eos = plan.finish_reason == "stop" and plan.stop_reason is None
+            outputs.append(output_ids(text, eos) if text else [])
+        return outputs
 
     def _usage(self, plans: list[ChoicePlan], stream: bool = False) -> dict[str, Any]:
         if self.llamacpp:
@@ -413,19 +370,6 @@ class Generation:
             conn.write_chunk(b"".join(events))
         return self.steps
 
-    async def _sleep_until(self, deadline: float) -> None:
-        """asyncio.sleep, except that engine_abort() ends it early."""
-        delay = deadline - self.loop.time()
-        if delay > 0.0 and not self.engine_aborted:
-            timer: asyncio.Future[None] = self.loop.create_future()
-            self._timer = timer
-            handle = self.loop.call_later(delay, _resolve, timer)
-            try:
-                await timer
-            finally:
-                handle.cancel()
-                self._timer = None
-
     def _event(self, choice: dict[str, Any], fingerprint: bool = False, first: bool = False) -> bytes:
         tail = self._tail
         if self.req.continuous_usage:
@@ -484,11 +428,6 @@ class Generation:
         return self._event({"index": i, "text": echo[i] if echo is not None else "", "logprobs": None,
                             "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason,
                             **self._chunk_nulls}, fp)
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def _reasoning_fields(setting: str) -> tuple[str, ...]:

@@ -16,23 +16,14 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 
+from gateway.sim.admission import Seat, header_ms
 from gateway.sim.errors import ApiError
 from gateway.sim.generate import build_plans
 from gateway.sim.http import Connection, Request
-from gateway.sim.prefix_cache import RequestKv, output_ids
+from gateway.sim.prefix_cache import output_ids
 from gateway.sim.protocol import GenRequest
 from gateway.sim.state import SimState
 from gateway.sim.textgen import ChoicePlan
-
-
-def header_ms(req: Request, name: str, default: float) -> float:
-    raw = req.headers.get(name)
-    if raw is None:
-        return default
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return default
 
 
 def maybe_fail(st: SimState) -> None:
@@ -42,7 +33,7 @@ def maybe_fail(st: SimState) -> None:
         raise ApiError(faults.error_status, f"Simulated engine failure (fault error_rate={faults.error_rate})")
 
 
-class Run:
+class Run(Seat):
     """A generation of ONE choice. Use `await unary()` or `async with aclosing(run.steps())`."""
 
     def __init__(self, st: SimState, greq: GenRequest, http: Request, conn: Connection,
@@ -53,76 +44,29 @@ class Run:
         self.plan = plan if plan is not None else build_plans(st, greq, http)[0]
         cfg = st.cfg
         self.ttft_fixed_ms = header_ms(http, "x-sim-ttft-ms", cfg.ttft_ms)
-        self.ttft_s = 0.0  # known at admission, once the cached prefix is known
         self.itl_s = header_ms(http, "x-sim-itl-ms", cfg.itl_ms) / 1000.0
-        self.cached_tokens = 0
-        self.kv: RequestKv | None = None
-        self.acquired = False
-        self.engine_aborted = False
-        self._timer: asyncio.Future[None] | None = None
+        self._init_seat()
         self.loop = asyncio.get_running_loop()
         self.t_arrive = self.loop.time()
 
-    # ---- admission (the same order as generate.Generation) ------------------------------
-    async def _admit(self) -> None:
-        """Engine awake -> batch slot -> KV blocks (the prefix cache may serve part of the prompt)."""
-        st = self.st
-        while True:
-            await st.engine.wait_awake()
-            await st.sched.acquire()
-            if not st.engine.is_sleeping:
-                break
-            st.sched.release()  # it fell asleep while we queued: wait for the wake-up again
-        self.acquired = True
-        st.engine.enter(self)
+    # ---- what the KV cache sees (admission and release: `Seat`) ------------------------
+    def _prompt_tokens(self) -> int:
+        return self.req.prompt_tokens
+
+    def _kv_shape(self) -> tuple[list[list[int]], list[int]]:
         prompt = self.req.prompts[0]
-        self.kv = RequestKv(st.kv, [st.prompt_ids.get(prompt.key, prompt.ids)], [self.plan.completion_tokens])
-        self.cached_tokens = await self.kv.admit()
-        uncached = self.req.prompt_tokens - self.cached_tokens
-        prefill_s = st.cfg.prefill_ms_per_token * uncached / 1000.0
-        behind_s = st.sched.book_prefill(asyncio.get_running_loop().time(), prefill_s)
-        self.ttft_s = behind_s + self.ttft_fixed_ms / 1000.0 + prefill_s
+        return [self.st.prompt_ids.get(prompt.key, prompt.ids)], [self.plan.completion_tokens]
 
-    def _leave(self, completed: bool) -> None:
-        st = self.st
-        if not self.acquired:
-            return
-        self.acquired = False
-        st.sched.release()
-        st.engine.leave(self)
-        if self.kv is not None:
-            outputs = None
-            if completed and st.kv.enabled:
-                text = self.plan.text("content")
-                eos = self.plan.finish_reason == "stop" and self.plan.stop_reason is None
-                outputs = [output_ids(text, eos) if text else []]
-            self.kv.release(outputs)
-            self.kv = None
-
-    def engine_abort(self) -> None:
-        """The engine drops this request (sleep mode=abort): it ends at its next step."""
-        self.engine_aborted = True
-        if self._timer is not None and not self._timer.done():
-            self._timer.set_result(None)
+    def _cached_outputs(self) -> list[list[int]]:
+        text = self.plan.text("content")
+        eos = self.plan.finish_reason == "stop" and self.plan.stop_reason is None
+        return [output_ids(text, eos) if text else []]
 
     def _cut(self, steps: int) -> None:
         """Keep what `steps` steps produced; the request finished with reason `abort`."""
         p = self.plan
         self.plan = dataclasses.replace(p, deltas=p.deltas[:steps], completion_tokens=p.tokens_in_first(steps),
                                         finish_reason="abort", stop_reason=None)
-
-    async def _sleep_until(self, deadline: float) -> None:
-        """asyncio.sleep, except that engine_abort() ends it early."""
-        delay = deadline - self.loop.time()
-        if delay > 0.0 and not self.engine_aborted:
-            timer: asyncio.Future[None] = self.loop.create_future()
-            self._timer = timer
-            handle = self.loop.call_later(delay, _resolve, timer)
-            try:
-                await timer
-            finally:
-                handle.cancel()
-                self._timer = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -249,8 +193,3 @@ class Flush:
         if self.events:
             self.conn.write_chunk(b"".join(self.events))
             self.events = []
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
