@@ -26,6 +26,8 @@ class BackendState(StrEnum):
 # After a connection failure an external endpoint sits out this long before it is tried
 # again (spawned engines are brought back by their health checks instead).
 PASSIVE_COOLDOWN_S = 5.0
+# A non-stream answer shorter than this says nothing about the engine's per-token speed.
+NON_STREAM_MIN_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,12 @@ class Backend:
             self.ewma_ttft = ttft if self.ewma_ttft is None else 0.8 * self.ewma_ttft + 0.2 * ttft
             if output_tokens > 1 and duration > ttft:
                 tpot = (duration - ttft) / (output_tokens - 1)
-        elif output_tokens > 0:
-            # Non-stream: only the whole duration is known; prefill is folded into the rate.
+        elif output_tokens >= NON_STREAM_MIN_TOKENS:
+            # Non-stream: only the whole duration is known; prefill is folded into the rate,
+            # which only a long enough answer amortises. A 2-token answer that waited 1 s
+            # for its prefill would read as 0.5 s per token (a real vLLM replica, rated 100x
+            # too slow by one such answer, lost every request to a full one), so short
+            # answers teach nothing here.
             tpot = duration / output_tokens
         if tpot is not None:
             self.ewma_tpot = tpot if self.ewma_tpot is None else 0.8 * self.ewma_tpot + 0.2 * tpot

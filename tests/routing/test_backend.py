@@ -13,3 +13,12 @@ def test_observe_non_stream_does_not_invent_a_per_token_speed() -> None:
     assert b.ewma_tpot == pytest.approx(0.02) and b.ewma_ttft is None
     b.observe(0.5, 1.5, 11)  # stream: 10 tokens after the first in 1 s
     assert b.ewma_tpot == pytest.approx(0.8 * 0.02 + 0.2 * 0.1) and b.ewma_ttft == 0.5
+
+
+def test_a_short_non_stream_answer_does_not_rate_the_engine() -> None:
+    # 2 tokens in 1 s is a prefill (or a queue) talking, not 0.5 s per token.
+    b = Backend(id="b", pool="p", url="u", max_concurrency=1)
+    b.observe(None, 1.0, 2)
+    assert b.ewma_tpot is None
+    b.observe(None, 0.32, 16)
+    assert b.ewma_tpot == pytest.approx(0.02)
