@@ -18,6 +18,16 @@ _MAX_MESSAGE = 2000
 _CONTEXT_RE = re.compile(r"context[ _](length|size)|exceed_context_size", re.I)
 
 
+# Said by an engine whose core has died: every request it takes will fail the same way
+# until its server exits (vLLM's EngineDeadError; the server shuts itself down after).
+_ENGINE_DEAD = (b"EngineCore encountered an issue",)
+
+
+def engine_dead(status: int, body: bytes) -> bool:
+    """This error answer means the backend, not the request, is broken: try another one."""
+    return status == 500 and any(marker in body for marker in _ENGINE_DEAD)
+
+
 def _type_for(status: int) -> str:
     # 401/403 never get here: an engine's auth failure is our misconfiguration (a 502).
     if status == 404:

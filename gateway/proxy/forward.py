@@ -1,7 +1,8 @@
 """Forwarding one request to a backend of its pool and relaying the answer.
 
 Steps: take a backend slot (the pool may queue us) -> send the body -> on a connection
-failure or a 502/503 before anything reached the client, try another backend -> relay
+failure, a 502/503 or an engine reporting its own death (`engine_errors.engine_dead`)
+before anything reached the client, try another backend -> relay
 (a stream event by event as it arrives, or a whole JSON body) -> release the slot in
 `finally`, whatever happened, and feed a completed answer's timing to the balancer. Client disconnects are handled by the caller cancelling
 the task running `forward`; cancellation closes the engine connection, so the engine
@@ -27,6 +28,7 @@ from ..routing.request import Completion, completion_from_usage
 from ..server.exchange import Exchange, RawHeaders
 from . import keepalive, n_usage, sse
 from .bodyedit import request_for_backend
+from .engine_errors import engine_dead
 from .headers import request_headers, response_headers
 from .plan import Plan
 from .usage import Usage
@@ -144,7 +146,12 @@ async def _attempt(
             if resp.status >= 400:
                 body = await resp.read()
                 ctx.upstream_time += time.monotonic() - started
-                if resp.status in _RETRY_STATUSES:
+                dead = engine_dead(resp.status, body)
+                if dead:
+                    # Every later request there fails too until the supervisor (or whoever
+                    # runs it) restarts it: out of rotation now, like a refused connection.
+                    backend.mark_connect_failure(f"engine died: HTTP {resp.status} {body[:200]!r}")
+                if resp.status in _RETRY_STATUSES or dead:
                     err = _upstream_error(plan, resp.status, body, resp.headers.get("content-type"))
                     if ctx.attempts <= pool.cfg.retries:
                         return err

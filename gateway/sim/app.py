@@ -21,7 +21,7 @@ from gateway.sim.anthropic import MessagesApi
 from gateway.sim.audio import AudioApi
 from gateway.sim.config import SimConfig
 from gateway.sim.dev_routes import dev_routes
-from gateway.sim.errors import ApiError, RouteNotMounted, error_body, not_supported
+from gateway.sim.errors import ApiError, RouteNotMounted, engine_dead, error_body, not_supported
 from gateway.sim.generate import Generation
 from gateway.sim.http import Connection, Request
 from gateway.sim.pooling import PoolingApi
@@ -185,6 +185,8 @@ class SimApp:
 
     def _maybe_fail(self) -> None:
         faults = self.cfg.faults
+        if faults.engine_dead:
+            raise engine_dead()
         if faults.error_rate > 0.0 and self.st.rng.random() < faults.error_rate:
             raise ApiError(faults.error_status, f"Simulated engine failure (fault error_rate={faults.error_rate})")
 

@@ -26,6 +26,9 @@ class Faults:
     crash_after_requests: int | None = None  # os._exit(1) once this many inference requests completed
     crash_after_tokens: int | None = None  # os._exit(1) after a stream has sent this many tokens
     stall_after_tokens: int | None = None  # a stream stops sending after this many tokens (socket kept)
+    # vLLM after its EngineCore died: every inference request gets the same 500 (the
+    # real server then shuts down; the sim keeps answering, so a test can meet it).
+    engine_dead: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +49,8 @@ class Faults:
         status = new["error_status"]
         if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
             raise ValueError("error_status must be an integer HTTP error status (400..599)")
+        if not isinstance(new["engine_dead"], bool):
+            raise ValueError("engine_dead must be true or false")
         for key in ("crash_after_requests", "crash_after_tokens", "stall_after_tokens"):
             v = new[key]
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
@@ -209,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = p.add_argument_group("faults (also settable at runtime via POST /sim/faults)")
     f.add_argument("--fault-error-rate", type=float, default=0.0, help="fraction of inference requests that fail")
     f.add_argument("--fault-error-status", type=int, default=500, help="HTTP status of injected failures")
+    f.add_argument("--fault-engine-dead", action="store_true",
+                   help="answer every inference request as vLLM does once its EngineCore died (500)")
     f.add_argument("--fault-crash-after-requests", type=_non_negative(int), default=None,
                    help="exit(1) right after the Nth inference request completes")
     f.add_argument("--fault-crash-after-tokens", type=_non_negative(int), default=None,
@@ -231,6 +238,7 @@ def config_from_args(argv: list[str] | None = None) -> SimConfig:
             "crash_after_requests": a.fault_crash_after_requests,
             "crash_after_tokens": a.fault_crash_after_tokens,
             "stall_after_tokens": a.fault_stall_after_tokens,
+            "engine_dead": a.fault_engine_dead,
         })
     except ValueError as exc:
         parser.error(str(exc))

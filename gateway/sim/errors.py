@@ -52,6 +52,14 @@ def error_body(status: int, message: str, type_: str | None = None, param: str |
     return orjson.dumps({"error": err})
 
 
+# vLLM's EngineDeadError, answered as a 500 InternalServerError by its exception handler.
+ENGINE_DEAD_MESSAGE = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+
+
+def engine_dead() -> ApiError:
+    return ApiError(500, ENGINE_DEAD_MESSAGE, "InternalServerError")
+
+
 def bad_request(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, "BadRequestError", param)
 

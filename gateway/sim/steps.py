@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 from gateway.sim.admission import Seat, header_ms
-from gateway.sim.errors import ApiError
+from gateway.sim.errors import ApiError, engine_dead
 from gateway.sim.generate import build_plans
 from gateway.sim.http import Connection, Request
 from gateway.sim.prefix_cache import output_ids
@@ -29,6 +29,8 @@ from gateway.sim.textgen import ChoicePlan
 def maybe_fail(st: SimState) -> None:
     """The error_rate fault, drawn after validation (as for chat, completions and embeddings)."""
     faults = st.cfg.faults
+    if faults.engine_dead:
+        raise engine_dead()
     if faults.error_rate > 0.0 and st.rng.random() < faults.error_rate:
         raise ApiError(faults.error_status, f"Simulated engine failure (fault error_rate={faults.error_rate})")
 

@@ -79,6 +79,31 @@ pools:
             assert e.value.status_code == 500
 
 
+def test_an_engine_whose_core_died_is_skipped_and_taken_out() -> None:
+    # vLLM with a dead EngineCore answers 500 "EngineCore encountered an issue" to every
+    # request until it exits (met on real vLLM: a restarted replica's worker died on its
+    # first request). Unlike an ordinary 500, that says nothing about the request.
+    with SimProcess(["--served-model-name", "m", *FAST, "--fault-engine-dead"]) as dead, \
+         SimProcess(["--served-model-name", "m", *FAST]) as good:
+        cfg = auth_yaml() + f"""
+store: "memory://"
+pools:
+  m: {{endpoints: [{dead.base_url}, {good.base_url}], balancer: round_robin}}
+"""
+        with GatewayServer(cfg) as gw:
+            c = client(gw)
+            for stream in (False, True, False):
+                r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], max_tokens=2,
+                                              stream=stream)
+                if stream:
+                    assert "".join(ch.choices[0].delta.content or "" for ch in r if ch.choices)  # type: ignore[union-attr]
+                else:
+                    assert r.choices[0].message.content  # type: ignore[union-attr]
+            dead_backend = next(b for b in gw.state.pools["m"].backends if b.url.startswith(dead.base_url))
+            assert not dead_backend.routable and "engine died" in (dead_backend.last_error or "")
+            assert dead.metrics()["vllm:request_success_total"] == 0  # it never served one
+
+
 def _pool(url: str) -> Pool:
     cfg = PoolConfig.model_validate({"endpoints": [url], "retries": 0})
     pool = Pool("m", cfg)
@@ -120,9 +145,10 @@ def _forward_once(sim_url: str, body: dict[str, Any], stream: bool) -> tuple[Bac
 
 def test_a_completed_answer_feeds_the_balancer_where_the_slot_is_released() -> None:
     with SimProcess(["--served-model-name", "m", "--ttft-ms", "20", "--itl-ms", "5"]) as sim:
-        b, sent = _forward_once(sim.base_url, {"model": "m", "prompt": "x", "max_tokens": 8}, stream=False)
+        b, sent = _forward_once(sim.base_url, {"model": "m", "prompt": "x", "max_tokens": 16}, stream=False)
         assert sent[0]["status"] == 200
-        # Non-stream: a per-token rate from the whole duration, no time to first token.
+        # Non-stream: a per-token rate from the whole duration (16 tokens: long enough to
+        # amortise the prefill), no time to first token.
         assert b.ewma_tpot is not None and b.ewma_ttft is None
         b, sent = _forward_once(sim.base_url, {"model": "m", "prompt": "x", "max_tokens": 8, "stream": True}, stream=True)
         assert b.ewma_ttft is not None and b.ewma_ttft >= 0.02 and b.ewma_tpot is not None

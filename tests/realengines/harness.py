@@ -26,6 +26,8 @@ import httpx
 import yaml
 
 CLIENT_KEY = "sk-real-client"
+# A key allowed on the embedding pools only: every other model must look absent to it.
+EMBED_ONLY_KEY = "sk-real-embed-only"
 ADMIN_KEY = "sk-real-admin"
 ENV_FILE = Path(os.environ.get("GATEWAY_CACHE", Path.home() / ".cache" / "gateway")) / "realengines.env"
 REPO = Path(__file__).resolve().parents[2]
@@ -151,7 +153,10 @@ class Gateway:
             "store": f"sqlite:///{self.workdir / 'usage.db'}",
             "auth": {
                 "admin_key_sha256": sha(ADMIN_KEY),
-                "keys": [{"name": "client", "key_sha256": sha(CLIENT_KEY), "models": ["*"]}],
+                "keys": [
+                    {"name": "client", "key_sha256": sha(CLIENT_KEY), "models": ["*"]},
+                    {"name": "embed-only", "key_sha256": sha(EMBED_ONLY_KEY), "models": ["vllm-embed", "llama-embed"]},
+                ],
             },
             "metering": {"enabled": True, "flush_interval": 0.2},
             "engines": {

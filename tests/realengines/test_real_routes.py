@@ -1,11 +1,17 @@
 """Issue #17's routes through the gateway against real vLLM 0.32 (CPU build, tiny model):
 Responses and Anthropic Messages with the official SDKs (stream and not, both Anthropic
-auth headers), count_tokens, tokenize/detokenize, error shapes, and the ledger against
-vLLM's own token counters.
+auth headers), count_tokens, tokenize/detokenize, error shapes (the gateway's and the
+engine's), a key refused outside its allowlist on every route, a Responses stream whose
+client leaves, and the ledger against vLLM's own token counters.
+
+Not here: a Messages stream cut mid-way. The tiny model answers a chat in 5 tokens and
+the Messages API has no `ignore_eos` (Responses has), so no Messages stream lasts long
+enough to leave; `tests/proxy/test_routes_e2e.py` covers it on the simulator.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import anthropic
@@ -15,7 +21,8 @@ from openai import OpenAI
 
 try:  # the real-engine tier's harness (branch `realengines`); without it there is nothing to run
     from .conftest import ALIAS, VLLM_CHAT, require
-    from .harness import CLIENT_KEY, Gateway, engine_metrics, wait_for
+    from .harness import CLIENT_KEY, EMBED_ONLY_KEY, Gateway, engine_metrics, wait_for
+    from .test_lifecycle import open_stream, running
 except ImportError:
     pytest.skip("needs tests/realengines/harness.py (the real-engine tier)", allow_module_level=True)
 
@@ -106,3 +113,78 @@ def test_ledger_equals_vllm_counters(gateway: Gateway, client: OpenAI) -> None:
 
     wait_for(settled, 5, 0.2)
     assert seen[0][1] > 0 and seen[1] == seen[0], f"ledger {seen[1]} != vLLM's counters {seen[0]}"
+
+
+# (path, body, Anthropic-shaped errors?) for every generating or counting route on a chat pool.
+ROUTES = [
+    ("/v1/responses", {"model": VLLM_CHAT, "input": "hi", "max_output_tokens": 4}, False),
+    ("/v1/messages", {"model": VLLM_CHAT, "max_tokens": 4, "messages": MSGS}, True),
+    ("/v1/messages/count_tokens", {"model": VLLM_CHAT, "messages": MSGS}, True),
+    ("/tokenize", {"model": VLLM_CHAT, "prompt": "hello"}, False),
+    ("/detokenize", {"model": VLLM_CHAT, "tokens": [1, 2]}, False),
+]
+
+
+def error_of(r: httpx.Response, anthropic_shape: bool) -> dict[str, object]:
+    """The route's error object, after checking the envelope its clients expect."""
+    body = r.json()
+    if anthropic_shape:
+        assert body["type"] == "error" and set(body["error"]) >= {"type", "message"}, body
+        return body["error"]  # type: ignore[no-any-return]
+    assert set(body["error"]) >= {"message", "type", "param", "code"}, body
+    return body["error"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("path", "body", "anthropic_shape"), ROUTES, ids=[r[0] for r in ROUTES])
+def test_a_key_outside_its_allowlist_is_refused_on_every_route(gateway: Gateway, path: str,
+                                                                 body: dict[str, object], anthropic_shape: bool) -> None:
+    r = httpx.post(gateway.url + path, json=body, headers={"authorization": f"Bearer {EMBED_ONLY_KEY}"}, timeout=60)
+    assert r.status_code == 404, r.text
+    err = error_of(r, anthropic_shape)
+    assert err["type"] == ("not_found_error" if anthropic_shape else "invalid_request_error")
+    assert VLLM_CHAT in str(err["message"])
+    ok = httpx.post(gateway.url + path, json=body, headers=HEADERS, timeout=120)
+    assert ok.status_code == 200, ok.text  # the same request with a key allowed on the model
+
+
+@pytest.mark.parametrize(("path", "body", "anthropic_shape"), ROUTES, ids=[r[0] for r in ROUTES])
+def test_malformed_json_is_answered_in_the_routes_shape(gateway: Gateway, path: str, body: dict[str, object],
+                                                        anthropic_shape: bool) -> None:
+    r = httpx.post(gateway.url + path, content=b'{"model": "' + VLLM_CHAT.encode() + b'", ', headers=HEADERS, timeout=60)
+    assert r.status_code == 400, r.text
+    assert error_of(r, anthropic_shape)["type"] == "invalid_request_error"
+
+
+ENGINE_REFUSED = [  # well-formed JSON that vLLM itself refuses
+    ("/v1/responses", {"model": VLLM_CHAT, "input": "hi", "max_output_tokens": "many"}, False),
+    ("/v1/messages", {"model": VLLM_CHAT, "max_tokens": "many", "messages": MSGS}, True),
+    ("/tokenize", {"model": VLLM_CHAT, "prompt": 5}, False),
+    ("/detokenize", {"model": VLLM_CHAT, "tokens": "many"}, False),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "anthropic_shape"), ENGINE_REFUSED, ids=[r[0] for r in ENGINE_REFUSED])
+def test_the_engines_refusals_are_answered_in_the_routes_shape(gateway: Gateway, path: str, body: dict[str, object],
+                                                               anthropic_shape: bool) -> None:
+    r = httpx.post(gateway.url + path, json=body, headers=HEADERS, timeout=60)
+    assert r.status_code == 400, r.text
+    err = error_of(r, anthropic_shape)
+    assert err["type"] == "invalid_request_error" and err["message"]
+
+
+def test_a_responses_stream_whose_client_leaves_frees_the_engine(gateway: Gateway) -> None:
+    # ignore_eos (a vLLM extension of the Responses request) keeps the tiny model going.
+    body = {"model": VLLM_CHAT, "input": "Hello there", "max_output_tokens": 16000, "ignore_eos": True,
+            "stream": True}
+    with open_stream(gateway.base_url + "/responses", body) as events:
+        for _ in range(4):
+            next(events)
+        assert running(gateway, VLLM_CHAT) == 1  # the witness works: the request is on the engine
+    gone = time.monotonic()
+    readings: list[tuple[float, float]] = []
+    while time.monotonic() - gone < 1.0:
+        readings.append((time.monotonic() - gone, running(gateway, VLLM_CHAT)))
+        if readings[-1][1] == 0:
+            break
+        time.sleep(0.05)
+    assert readings[-1][1] == 0, f"engine still generating 1 s after the client left: {readings}"
