@@ -27,7 +27,11 @@ ALIAS = {VLLM_CHAT: "tiny-vllm", LLAMA_CHAT: "tiny-llama"}
 LLAMA_REPLICAS = 2
 # Two vLLMs of one pool (~2.9 GiB each), started in parallel with the rest of the session.
 VLLM_REPLICAS = 2
-ENGINE_OF = {VLLM_CHAT: "vllm", VLLM_EMBED: "vllm", LLAMA_CHAT: "llamacpp", LLAMA_EMBED: "llamacpp"}
+# A cross-encoder for /rerank and /score: the tiny model with a one-label classifier head
+# (vLLM serves those routes only for ONE label; `--convert classify` alone keeps two).
+VLLM_RERANK = "vllm-rerank"
+ENGINE_OF = {VLLM_CHAT: "vllm", VLLM_EMBED: "vllm", VLLM_RERANK: "vllm", LLAMA_CHAT: "llamacpp",
+             LLAMA_EMBED: "llamacpp"}
 
 
 def enabled(pool: str) -> bool:
@@ -75,6 +79,8 @@ def pools(engines: RealEngines) -> dict[str, object]:
             ["--runner", "pooling", "--convert", "embed", "--pooler-config", '{"seq_pooling_type": "MEAN"}'],
             kind="embedding",
         ),
+        # The launcher adds `--runner pooling --convert classify` for `kind: rerank`.
+        VLLM_RERANK: vllm_pool(engines, ["--hf-overrides", '{"num_labels": 1}'], kind="rerank"),
         LLAMA_CHAT: llamacpp_pool(
             engines,
             ["--jinja", "--reasoning-format", "deepseek", "-np", "2"],

@@ -2,7 +2,8 @@
 Responses and Anthropic Messages with the official SDKs (stream and not, both Anthropic
 auth headers), count_tokens, tokenize/detokenize, error shapes (the gateway's and the
 engine's), a key refused outside its allowlist on every route, a Responses stream whose
-client leaves, and the ledger against vLLM's own token counters.
+client leaves, rerank and score (every spelling) on a one-label cross-encoder, and the
+ledger against vLLM's own token counters.
 
 Not here: a Messages stream cut mid-way. The tiny model answers a chat in 5 tokens and
 the Messages API has no `ignore_eos` (Responses has), so no Messages stream lasts long
@@ -11,6 +12,7 @@ enough to leave; `tests/proxy/test_routes_e2e.py` covers it on the simulator.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -20,7 +22,7 @@ import pytest
 from openai import OpenAI
 
 try:  # the real-engine tier's harness (branch `realengines`); without it there is nothing to run
-    from .conftest import ALIAS, VLLM_CHAT, require
+    from .conftest import ALIAS, VLLM_CHAT, VLLM_RERANK, require
     from .harness import CLIENT_KEY, EMBED_ONLY_KEY, Gateway, engine_metrics, wait_for
     from .test_lifecycle import open_stream, running
 except ImportError:
@@ -32,7 +34,7 @@ HEADERS = {"authorization": f"Bearer {CLIENT_KEY}"}
 
 @pytest.fixture(autouse=True)
 def _vllm_only() -> None:
-    require(VLLM_CHAT)
+    require(VLLM_CHAT, VLLM_RERANK)
 
 
 @pytest.fixture(params=["x-api-key", "bearer"])
@@ -176,10 +178,26 @@ def test_a_responses_stream_whose_client_leaves_frees_the_engine(gateway: Gatewa
     # ignore_eos (a vLLM extension of the Responses request) keeps the tiny model going.
     body = {"model": VLLM_CHAT, "input": "Hello there", "max_output_tokens": 16000, "ignore_eos": True,
             "stream": True}
-    with open_stream(gateway.base_url + "/responses", body) as events:
-        for _ in range(4):
-            next(events)
-        assert running(gateway, VLLM_CHAT) == 1  # the witness works: the request is on the engine
+    # The client keeps reading until it leaves: a Responses event is ~300 bytes a token, and
+    # a client that stops reading is cut by the gateway's relay bound (a different test).
+    leave = threading.Event()
+    read: list[str] = []
+
+    def client() -> None:
+        with open_stream(gateway.base_url + "/responses", body) as events:
+            for line in events:
+                read.append(line)
+                if leave.is_set():
+                    return
+
+    reader = threading.Thread(target=client)
+    reader.start()
+    try:
+        assert wait_for(lambda: len(read) >= 12 and running(gateway, VLLM_CHAT) == 1, 30), (len(read), read[-1:])
+    finally:
+        leave.set()
+        reader.join(30)
+    assert not reader.is_alive() and '"response.completed"' not in read[-1], read[-1]
     gone = time.monotonic()
     readings: list[tuple[float, float]] = []
     while time.monotonic() - gone < 1.0:
@@ -188,3 +206,42 @@ def test_a_responses_stream_whose_client_leaves_frees_the_engine(gateway: Gatewa
             break
         time.sleep(0.05)
     assert readings[-1][1] == 0, f"engine still generating 1 s after the client left: {readings}"
+
+DOCS = ["the sea is blue", "a cat", "waves"]
+
+
+def test_rerank_and_score_every_spelling_metered_as_vllm_counts(gateway: Gateway) -> None:
+    (url,) = gateway.engine_urls(VLLM_RERANK).values()
+    before_engine = engine_metrics(url).get("vllm:prompt_tokens_total", 0.0)
+    row0 = gateway.usage("pool").get(VLLM_RERANK, {})
+    billed = 0
+    for path in ("/v1/rerank", "/rerank", "/v2/rerank"):
+        r = httpx.post(gateway.url + path, json={"model": VLLM_RERANK, "query": "sea", "documents": DOCS, "top_n": 2},
+                       headers=HEADERS, timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["model"] == VLLM_RERANK and len(out["results"]) == 2
+        assert all(isinstance(x["relevance_score"], float) for x in out["results"])
+        billed += out["usage"]["prompt_tokens"]
+    for path in ("/v1/score", "/score"):
+        r = httpx.post(gateway.url + path, json={"model": VLLM_RERANK, "text_1": "sea", "text_2": DOCS[:2]},
+                       headers=HEADERS, timeout=60)
+        assert r.status_code == 200, r.text
+        assert [d["index"] for d in r.json()["data"]] == [0, 1] and r.json()["model"] == VLLM_RERANK
+        billed += r.json()["usage"]["prompt_tokens"]
+    assert billed > 0
+    # The engine's counter, the answers' usage and the ledger agree.
+    assert wait_for(lambda: engine_metrics(url)["vllm:prompt_tokens_total"] - before_engine == billed, 5)
+
+    def ledgered() -> int:
+        row = gateway.usage("pool").get(VLLM_RERANK, {})
+        return int(row.get("prompt_tokens", 0)) - int(row0.get("prompt_tokens", 0))
+
+    assert wait_for(lambda: ledgered() == billed, 5), (ledgered(), billed)
+    # A chat model on the rerank route, and a key outside its allowlist: refused by the gateway.
+    r = httpx.post(gateway.url + "/v1/rerank", json={"model": VLLM_CHAT, "query": "q", "documents": ["d"]},
+                   headers=HEADERS, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_supported_on_endpoint"
+    r = httpx.post(gateway.url + "/v1/rerank", json={"model": VLLM_RERANK, "query": "q", "documents": ["d"]},
+                   headers={"authorization": f"Bearer {EMBED_ONLY_KEY}"}, timeout=60)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
