@@ -264,6 +264,22 @@ def test_disconnect_mid_stream_frees_the_engine_slot(cluster: dict[str, Any], pa
     assert wait_until(lambda: running(sim) == 0, timeout=5)
 
 
+def test_disconnect_mid_transcription_stream_frees_the_engine_slot(cluster: dict[str, Any]) -> None:
+    gw, asr = cluster["gw"], cluster["asr"]
+    headers = {**CLIENT, "x-sim-itl-ms": "200"}
+    files = {"file": ("a.wav", wav(5.0), "audio/wav")}  # ~12 words, 200 ms apiece
+    with httpx.stream("POST", gw.base_url + "/audio/transcriptions", data={"model": "asr", "stream": "true"},
+                      files=files, headers=headers, timeout=20) as r:
+        assert r.status_code == 200
+        seen = 0
+        for line in r.iter_lines():
+            seen += line.startswith("data:")
+            if seen >= 2:
+                assert running(asr) == 1  # before leaving: leaving the iterator closes the connection
+                break
+    assert wait_until(lambda: running(asr) == 0, timeout=5)
+
+
 def test_engine_failure_mid_stream_ends_with_the_dialects_error_event() -> None:
     with SimProcess(["--served-model-name", "m", "--reasoning", "field", *FAST]) as sim, GatewayServer(
         auth_yaml() + f"""
