@@ -79,8 +79,15 @@ def pools(engines: RealEngines) -> dict[str, object]:
             ["--runner", "pooling", "--convert", "embed", "--pooler-config", '{"seq_pooling_type": "MEAN"}'],
             kind="embedding",
         ),
-        # The launcher adds `--runner pooling --convert classify` for `kind: rerank`.
-        VLLM_RERANK: vllm_pool(engines, ["--hf-overrides", '{"num_labels": 1}'], kind="rerank"),
+        # The launcher adds `--runner pooling --convert classify` for `kind: rerank`. The one
+        # label's weights come from lm_head's row for "a" (vLLM's "no_post_processing"
+        # loader): with `num_labels: 1` alone the head is left uninitialised and a run
+        # answered 400 "Out of range float values are not JSON compliant" (NaN scores).
+        VLLM_RERANK: vllm_pool(
+            engines,
+            ["--hf-overrides", '{"method": "no_post_processing", "classifier_from_token": ["a"]}'],
+            kind="rerank",
+        ),
         LLAMA_CHAT: llamacpp_pool(
             engines,
             ["--jinja", "--reasoning-format", "deepseek", "-np", "2"],

@@ -48,12 +48,47 @@ def long_completion(pool: str) -> dict[str, Any]:
     return {"model": pool, "prompt": "Hello there", "max_tokens": LONG[pool], "stream": True}
 
 
+class Reader:
+    """A client that reads its stream continuously (in a thread) until told to leave.
+
+    The tiny model streams ~1,500 tokens/s; a client that pauses to look at metrics falls
+    behind by the gateway's relay bound within seconds and is cut as a non-reader (by
+    design), so the witnesses below run while this keeps reading."""
+
+    def __init__(self, url: str, body: dict[str, Any]) -> None:
+        self.url, self.body = url, body
+        self.leave = threading.Event()
+        self.events = 0
+        self.ended: str | None = None  # why the stream ended, if it did before `leave`
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with open_stream(self.url, self.body) as events:
+                for _ in events:
+                    self.events += 1
+                    if self.leave.is_set():
+                        return
+            self.ended = "finished"
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.ended = f"{type(e).__name__}: {e}"
+
+    def __enter__(self) -> Reader:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.leave.set()
+        self.thread.join(30)
+
+
 @pytest.mark.parametrize("pool", CHAT_POOLS)
 def test_disconnect_frees_the_engine_slot(gateway: Gateway, pool: str) -> None:
-    with open_stream(gateway.base_url + "/completions", long_completion(pool)) as events:
-        for _ in range(3):
-            next(events)
-        assert running(gateway, pool) == 1  # the witness works: the request is on the engine
+    with Reader(gateway.base_url + "/completions", long_completion(pool)) as reader:
+        # The witness works: the request is on the engine while the client reads.
+        assert wait_for(lambda: reader.events >= 3 and running(gateway, pool) == 1, 30, 0.1), (
+            reader.events, reader.ended)
+    assert not reader.thread.is_alive() and reader.ended is None, reader.ended  # it left, the stream did not end
     gone = time.monotonic()
     # A scrape of a loaded engine can itself take a while: what counts is that a scrape
     # started within 1 s of the disconnect already reads 0.
@@ -163,17 +198,32 @@ def test_sigkill_mid_stream(gateway: Gateway, client: OpenAI, pool: str) -> None
     keeps serving while the killed one restarts, and the killed one comes back."""
     rows = {b["id"]: b for b in gateway.backends() if b["pool"] == pool}
     assert len(rows) == REPLICAS[pool]
-    stream = client.completions.create(model=pool, prompt="Hello there", max_tokens=LONG[pool], stream=True)
-    it = iter(stream)
-    next(it)
-    victim = next(
-        b for b in rows.values()
-        if engine_metrics(f"http://127.0.0.1:{b['port']}").get(RUNNING[pool], 0) >= 1
-    )
+    # The SDK client reads on in a thread while the test finds the engine serving it (a
+    # client that paused would be cut as a non-reader first: see Reader).
+    chunks = 0
+    raised: list[BaseException] = []
+
+    def read() -> None:
+        nonlocal chunks
+        try:
+            for _ in client.completions.create(model=pool, prompt="Hello there", max_tokens=LONG[pool], stream=True):
+                chunks += 1
+        except APIError as e:
+            raised.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def serving() -> dict[str, Any] | None:
+        return next((b for b in rows.values()
+                     if engine_metrics(f"http://127.0.0.1:{b['port']}").get(RUNNING[pool], 0) >= 1), None)
+
+    assert wait_for(lambda: chunks >= 1 and serving() is not None, 30, 0.1), (chunks, raised)
+    victim = serving()
+    assert victim is not None
     os.kill(victim["pid"], signal.SIGKILL)
-    with pytest.raises(APIError):
-        for _ in it:
-            pass
+    reader.join(60)
+    assert not reader.is_alive() and len(raised) == 1, (chunks, raised)  # the client got an error, not a clean end
 
     def victim_row() -> dict[str, Any] | None:
         return next((b for b in gateway.backends() if b["id"] == victim["id"]), None)

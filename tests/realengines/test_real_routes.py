@@ -2,7 +2,8 @@
 Responses and Anthropic Messages with the official SDKs (stream and not, both Anthropic
 auth headers), count_tokens, tokenize/detokenize, error shapes (the gateway's and the
 engine's), a key refused outside its allowlist on every route, a Responses stream whose
-client leaves, rerank and score (every spelling) on a one-label cross-encoder, and the
+client leaves, rerank and score (every spelling) on a one-label cross-encoder made from the
+tiny model (its label's weights are lm_head's row for "a"), and the
 ledger against vLLM's own token counters.
 
 Not here: a Messages stream cut mid-way. The tiny model answers a chat in 5 tokens and
