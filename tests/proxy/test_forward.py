@@ -41,15 +41,19 @@ def client(gw: GatewayServer, key: str = CLIENT_KEY, **kw: Any) -> openai.OpenAI
     return c
 
 
+def _two_endpoints(first: str, second: str) -> str:
+    """A gateway config with one pool `m` over two endpoints, taken in turn."""
+    return auth_yaml() + f"""
+store: "memory://"
+pools:
+  m: {{endpoints: [{first}, {second}], balancer: round_robin}}
+"""
+
+
 def test_retry_onto_a_healthy_backend_when_one_is_down() -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"
     with SimProcess(["--served-model-name", "m", *FAST]) as sim:
-        cfg = auth_yaml() + f"""
-store: "memory://"
-pools:
-  m: {{endpoints: [{dead}, {sim.base_url}], balancer: round_robin}}
-"""
-        with GatewayServer(cfg) as gw:
+        with GatewayServer(_two_endpoints(dead, sim.base_url)) as gw:
             c = client(gw)
             for _ in range(6):
                 r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], max_tokens=2)
@@ -64,12 +68,7 @@ pools:
 def test_forced_503_is_retried_elsewhere_and_500_is_not() -> None:
     with SimProcess(["--served-model-name", "m", *FAST, "--fault-error-rate", "1", "--fault-error-status", "503"]) as bad, \
          SimProcess(["--served-model-name", "m", *FAST]) as good:
-        cfg = auth_yaml() + f"""
-store: "memory://"
-pools:
-  m: {{endpoints: [{bad.base_url}, {good.base_url}], balancer: round_robin}}
-"""
-        with GatewayServer(cfg) as gw:
+        with GatewayServer(_two_endpoints(bad.base_url, good.base_url)) as gw:
             c = client(gw)
             for _ in range(4):
                 c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], max_tokens=2)
@@ -85,12 +84,7 @@ def test_an_engine_whose_core_died_is_skipped_and_taken_out() -> None:
     # first request). Unlike an ordinary 500, that says nothing about the request.
     with SimProcess(["--served-model-name", "m", *FAST, "--fault-engine-dead"]) as dead, \
          SimProcess(["--served-model-name", "m", *FAST]) as good:
-        cfg = auth_yaml() + f"""
-store: "memory://"
-pools:
-  m: {{endpoints: [{dead.base_url}, {good.base_url}], balancer: round_robin}}
-"""
-        with GatewayServer(cfg) as gw:
+        with GatewayServer(_two_endpoints(dead.base_url, good.base_url)) as gw:
             c = client(gw)
             for stream in (False, True, False):
                 r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], max_tokens=2,

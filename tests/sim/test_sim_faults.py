@@ -42,6 +42,20 @@ def test_error_rate_at_runtime_and_cli() -> None:
         assert status == 429 and json.loads(raw)["error"]["type"] == "RateLimitError"
 
 
+def test_engine_dead_answers_as_vllm_without_its_core() -> None:
+    with SimProcess(["--ttft-ms", "0", "--itl-ms", "0"]) as sim:
+        assert sim.set_faults(engine_dead=True)["engine_dead"] is True
+        status, raw = sim.request("POST", "/v1/chat/completions", CHAT)
+        err = json.loads(raw)["error"]
+        assert status == 500 and err["type"] == "InternalServerError" and err["code"] == 500
+        assert err["message"].startswith("EngineCore encountered an issue")
+        assert sim.request("POST", "/v1/completions", {"model": "sim-model", "prompt": "x"})[0] == 500
+        assert sim.request("GET", "/v1/models")[0] == 200  # only inference requests fail
+        assert sim.request("POST", "/sim/faults", {"engine_dead": "yes"})[0] == 400
+        sim.set_faults(engine_dead=False)
+        assert sim.request("POST", "/v1/chat/completions", CHAT)[0] == 200
+
+
 def test_forced_status_header(chat_sim: SimProcess) -> None:
     for code in (400, 429, 500, 503):
         status, raw = chat_sim.request("POST", "/v1/chat/completions", CHAT,
