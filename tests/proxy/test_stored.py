@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from gateway.routing.affinity import Holder
+from gateway.routing.backend import Backend
 from gateway.sim.testing import SimProcess
 from tests.redis_server import RedisServer
 
@@ -57,6 +58,16 @@ def holder(gw: GatewayServer, rid: str) -> Holder | None:
     return gw.call(look)
 
 
+def stored(gw: GatewayServer, c: openai.OpenAI) -> tuple[str, Holder, Backend]:
+    """A new stored response: its id, the gateway's record of it, and the backend holding it."""
+    r = c.responses.create(model="chat", input="remember", max_output_tokens=8)
+    h = holder(gw, r.id)
+    assert h is not None
+    b = gw.state.pools["chat"].get(h.backend)
+    assert b is not None
+    return r.id, h, b
+
+
 def test_follow_ups_go_to_the_engine_that_stored_the_response(gw: GatewayServer) -> None:
     with oai(gw) as c:
         firsts = [c.responses.create(model="chat", input=f"remember {i}", max_output_tokens=8) for i in range(4)]
@@ -85,55 +96,43 @@ def test_unknown_previous_id_is_routed_as_usual_and_the_engine_answers(gw: Gatew
 
 def test_a_gone_backend_is_a_clear_error_everywhere(gw: GatewayServer) -> None:
     with oai(gw) as c:
-        r = c.responses.create(model="chat", input="remember", max_output_tokens=8)
-        h = holder(gw, r.id)
-        assert h is not None
+        rid, h, b = stored(gw, c)
         pool = gw.state.pools["chat"]
-        b = pool.get(h.backend)
-        assert b is not None
 
         async def remove() -> None:
             pool.remove(b)
 
         gw.call(remove)
         with pytest.raises(openai.NotFoundError) as nf:
-            c.responses.create(model="chat", input="more", previous_response_id=r.id, max_output_tokens=4)
+            c.responses.create(model="chat", input="more", previous_response_id=rid, max_output_tokens=4)
         err = nf.value.body
         assert err["code"] == "stored_response_lost" and err["param"] == "previous_response_id"  # type: ignore[index]
         assert h.backend in err["message"]  # type: ignore[index]
         for call in (c.responses.retrieve, c.responses.cancel):
             with pytest.raises(openai.NotFoundError) as nf:
-                call(r.id)
+                call(rid)
             assert nf.value.body["code"] == "stored_response_lost"  # type: ignore[index]
 
 
 def test_a_restarted_engine_lost_its_store(gw: GatewayServer) -> None:
     with oai(gw) as c:
-        r = c.responses.create(model="chat", input="remember", max_output_tokens=8)
-        h = holder(gw, r.id)
-        assert h is not None
-        b = gw.state.pools["chat"].get(h.backend)
-        assert b is not None
+        rid, h, b = stored(gw, c)
         b.restarts += 1  # what the supervisor does when it restarts a spawned engine
         with pytest.raises(openai.NotFoundError) as nf:
-            c.responses.create(model="chat", input="more", previous_response_id=r.id, max_output_tokens=4)
+            c.responses.create(model="chat", input="more", previous_response_id=rid, max_output_tokens=4)
         assert nf.value.body["code"] == "stored_response_lost"  # type: ignore[index]
 
 
 def test_holder_cooling_off_is_a_503_not_a_wrong_engine(gw: GatewayServer) -> None:
     with oai(gw) as c:
-        r = c.responses.create(model="chat", input="remember", max_output_tokens=8)
-        h = holder(gw, r.id)
-        assert h is not None
-        b = gw.state.pools["chat"].get(h.backend)
-        assert b is not None
+        rid, h, b = stored(gw, c)
         b.mark_connect_failure("test: refused")
         with pytest.raises(openai.InternalServerError) as e:
-            c.responses.create(model="chat", input="more", previous_response_id=r.id, max_output_tokens=4)
+            c.responses.create(model="chat", input="more", previous_response_id=rid, max_output_tokens=4)
         assert e.value.status_code == 503
         assert e.value.body["code"] == "stored_response_unavailable"  # type: ignore[index]
         b.down_until = 0.0
-        nxt = c.responses.create(model="chat", input="more", previous_response_id=r.id, max_output_tokens=4)
+        nxt = c.responses.create(model="chat", input="more", previous_response_id=rid, max_output_tokens=4)
         assert nxt.id
 
 
