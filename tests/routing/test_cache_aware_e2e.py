@@ -8,28 +8,13 @@ but is overloaded is skipped.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
 from gateway.sim.testing import SimProcess
 from tests.gw import GatewayServer, wait_until
-
-SIM_ARGS = ["--served-model-name", "m", "--enable-prompt-tokens-details", "--max-model-len", "32768",
-            "--ttft-ms", "1", "--itl-ms", "1", "--output-tokens", "8", "--num-gpu-blocks-override", "4096"]
-SYSTEM = {"role": "system", "content": "You are a careful assistant who answers briefly. " * 20}
-
-
-@pytest.fixture
-def sims() -> Iterator[list[SimProcess]]:
-    procs = [SimProcess(SIM_ARGS) for _ in range(3)]
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            p.close()
+from tests.routing.prefix_sims import SYSTEM, served
 
 
 def gateway_yaml(sims: list[SimProcess], extra: str = "") -> str:
@@ -44,10 +29,6 @@ pools:
     balancer: cache_aware
     prefix_routing: {{block_bytes: 256{extra}}}
 """
-
-
-def served(sims: list[SimProcess]) -> list[int]:
-    return [s.state()["requests_total"] for s in sims]
 
 
 def turn(client: httpx.Client, history: list[dict[str, Any]], question: str) -> tuple[dict[str, Any], str]:

@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
 from gateway.routing.shared_routes import SharedRoutes
 from gateway.sim.testing import SimProcess
 from tests.gw import GatewayServer, wait_until
 from tests.redis_server import RedisServer
-
-SIM_ARGS = ["--served-model-name", "m", "--enable-prompt-tokens-details", "--max-model-len", "32768",
-            "--ttft-ms", "1", "--itl-ms", "1", "--output-tokens", "8", "--num-gpu-blocks-override", "4096"]
-SYSTEM = {"role": "system", "content": "You are a careful assistant who answers briefly. " * 20}
+from tests.routing.prefix_sims import SYSTEM, served
 
 
 def client_for(url: str) -> Any:
@@ -73,16 +68,6 @@ def test_redis_down_costs_at_most_the_timeout(redis_server: RedisServer) -> None
     asyncio.run(run())
 
 
-@pytest.fixture
-def sims() -> Iterator[list[SimProcess]]:
-    procs = [SimProcess(SIM_ARGS) for _ in range(3)]
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            p.close()
-
-
 def gateway_yaml(sims: list[SimProcess], redis_url: str) -> str:
     urls = ", ".join(s.base_url for s in sims)
     return f"""
@@ -96,10 +81,6 @@ pools:
     balancer: cache_aware
     prefix_routing: {{block_bytes: 256}}
 """
-
-
-def served(sims: list[SimProcess]) -> list[int]:
-    return [s.state()["requests_total"] for s in sims]
 
 
 def which(before: list[int], after: list[int]) -> int:
