@@ -51,9 +51,13 @@ class ServerConfig(_Model):
     body_timeout: float = Field(60.0, gt=0)  # longest pause between two pieces of a body
     write_timeout: float = Field(10.0, gt=0)  # longest a client may read nothing of a pending response
     # While a client does not read, the relay keeps reading the engine's stream into this
-    # much memory per request, so the engine is never held back by one slow client; past
-    # it the client is cut and the engine request aborted (its slot frees at once).
+    # much memory per request, so the engine is never held back by one slow client.
     relay_buffer_bytes: int = Field(256 * 1024, ge=64 * 1024)
+    # Past `relay_buffer_bytes`, a client that still reads (slower than its engine writes)
+    # is waited for: the relay stops reading the engine until the client catches up. One
+    # that takes nothing for this long past the bound is cut; short, because a client that
+    # never reads reaches the bound within milliseconds and holds an engine slot meanwhile.
+    backlog_timeout: float = Field(1.0, gt=0)
     # The kernel's send buffer per client connection (SO_SNDBUF; 0: the kernel's autotuning,
     # which lets one non-reading client absorb megabytes before the relay even notices).
     # Bounds kernel memory per slow client too; 256 KiB still fills a 20 MB/s x 50 ms path.

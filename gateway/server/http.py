@@ -12,12 +12,15 @@ The server owns client-side robustness (issue #13):
 - a client that does not read never holds an engine back: while its socket is not
   writable the relay keeps reading the engine's stream into the transport's buffer, up
   to `relay_buffer_bytes` per request (and the kernel holds at most about twice
-  `client_send_buffer_bytes`: a fixed SO_SNDBUF, not autotuning's megabytes). Past that bound, or once the client has read
-  nothing for `write_timeout`, the connection is reset and the request cancelled
-  ("stalled"), which closes the engine connection (the engine aborts the request) and
-  frees the pool slot at once. A stream that fits in the bound finishes, and its slot
-  frees, while its last bytes still wait for the client. While the client reads, each
-  event goes out as it arrives (nothing is held back);
+  `client_send_buffer_bytes`: a fixed SO_SNDBUF, not autotuning's megabytes). Past that
+  bound the relay waits for the client (backpressure: the engine's stream waits in its
+  socket) as long as the client keeps taking bytes; once it has taken nothing for
+  `backlog_timeout` past the bound, or nothing for `write_timeout` below it, the
+  connection is reset and the request cancelled ("stalled"), which closes the engine
+  connection (the engine aborts the request) and frees the pool slot at once. A stream
+  that fits in the bound finishes, and its slot frees, while its last bytes still wait
+  for the client. While the client reads, each event goes out as it arrives (nothing is
+  held back);
 - malformed HTTP gets an OpenAI-shaped 400 (`bad_http_request`) and the connection closes.
 
 Keep-alive and pipelining: requests on one connection are answered in order; while one
@@ -397,14 +400,33 @@ class HttpConnection(asyncio.Protocol):
 
         Returns at once while the backlog fits in `relay_buffer_bytes`: the relay goes
         on reading the engine, so the engine's slot never waits on this client. Past the
-        bound the client is cut, and this waits for the cancellation that follows."""
+        bound the relay stops reading the engine (backpressure) and waits for the client
+        to take the backlog down to the transport's low-water mark, for as long as it keeps
+        taking bytes; a client that takes nothing for `backlog_timeout` is cut (a
+        never-reading client fills the bound in milliseconds and is gone a moment later),
+        and this waits for the cancellation that follows."""
         if self.closed or self.transport is None:
             raise ConnectionResetError("client disconnected")
         limit = self.cfg.relay_buffer_bytes
         if self.transport.get_write_buffer_size() <= limit:
             return
-        self._cut(f"its unread backlog passed relay_buffer_bytes ({limit})")
-        await self.drained()
+        grace = self.cfg.backlog_timeout
+        while self.write_paused:
+            mark = self._taken()
+            if self._drain is None or self._drain.done():
+                self._drain = self.loop.create_future()
+            drain = self._drain
+            timer = self.loop.call_later(grace, _wake, drain)
+            try:
+                await drain
+            finally:
+                timer.cancel()
+            if self.closed or self.transport is None:
+                raise ConnectionResetError("client disconnected")
+            if self.write_paused and self._taken() <= mark:
+                self._cut(f"its unread backlog passed relay_buffer_bytes ({limit}) "
+                          f"and it read nothing for {grace:g} s")
+                await self.drained()
 
     async def drained(self) -> None:
         """Wait until the client reads again, or until the request is cancelled."""
@@ -492,6 +514,11 @@ class HttpConnection(asyncio.Protocol):
                          "request_timeout")
         else:
             self._reject(408, f"The request body stalled for {self.cfg.body_timeout:g} s.", "request_timeout")
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _Rejected(Exception):

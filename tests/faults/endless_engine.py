@@ -6,7 +6,8 @@ megabytes on loopback) fill up and the relay stalls for sure. `interval` spaces 
 events out (an engine generating slowly): then only a client that reads nothing for a
 while, not a full buffer, gets it cut. `streaming` counts the
 streams it is writing: the engine's own gauge, which drops only when the gateway closes
-its connection. Runs in a thread with its own event loop; stop it with `close()`.
+its connection. `events` ends each stream after that many events (a finite answer
+written faster than a slow client reads it). Runs in a thread with its own event loop; stop it with `close()`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ _MODELS = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]
 
 
 class EndlessEngine:
-    def __init__(self, interval: float = 0.0) -> None:
+    def __init__(self, interval: float = 0.0, events: int | None = None) -> None:
         self.port = free_port()
         self.interval = interval
+        self.events = events
         self.streaming = 0
         self.streams = 0  # streams started, ever
         self._loop = asyncio.new_event_loop()
@@ -90,10 +92,15 @@ class EndlessEngine:
         self.streaming += 1
         self.streams += 1
         try:
-            while True:
+            sent = 0
+            while self.events is None or sent < self.events:
                 writer.write(chunk)
                 await writer.drain()
+                sent += 1
                 if self.interval:
                     await asyncio.sleep(self.interval)
+            done = b"data: [DONE]\n\n"
+            writer.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(done), done))
+            await writer.drain()
         finally:
             self.streaming -= 1

@@ -1,6 +1,8 @@
 """Clients that misbehave on purpose (issue #13): one that never reads a stream must not
-keep its engine slot: the gateway cuts it once its bounded relay buffer overflows, or once
-it has read nothing for the write timeout, and the pool goes on serving others."""
+keep its engine slot: the gateway cuts it once its bounded relay buffer overflows and it
+reads nothing for the backlog timeout, or once it has read nothing for the write timeout,
+and the pool goes on serving others. One that reads, only slower than its engine writes,
+is waited for (backpressure) and gets its whole stream."""
 
 from __future__ import annotations
 
@@ -158,6 +160,69 @@ pools:
                         events, last = events + 1, line
                         time.sleep(0.05)  # 30 x 50 ms: longer than the write timeout in total
             assert events >= 30 and last == "data: [DONE]"
+
+
+def _slow_reading_stream(port: int, pace: float, stop_after: int | None = None) -> tuple[int, bytes]:
+    """Read a stream 16 KiB every `pace` seconds (stop reading after `stop_after` bytes and
+    wait for the server to reset): the bytes read and the last of them."""
+    s = _never_reading_stream(port)
+    got, tail = 0, b""
+    try:
+        s.settimeout(10)
+        while stop_after is None or got < stop_after:
+            data = s.recv(16384)
+            if not data:
+                break
+            got, tail = got + len(data), (tail + data)[-64:]
+            if tail.endswith(b"0\r\n\r\n"):
+                break
+            time.sleep(pace)
+        if stop_after is not None:
+            time.sleep(3)  # reads nothing: the gateway resets after the backlog timeout
+            _assert_reset(s)
+        return got, tail
+    finally:
+        s.close()
+
+
+def test_a_client_reading_slower_than_its_engine_writes_gets_the_whole_stream() -> None:
+    # 48 x 64 KiB written as fast as the engine can; the client takes ~1.6 MB/s, so its
+    # backlog passes the 256 KiB bound within a second. It keeps reading: the relay waits
+    # for it (stops reading the engine) instead of cutting it.
+    with EndlessEngine(events=48) as engine:
+        cfg = auth_yaml() + f"""
+server: {{write_timeout: 60, relay_buffer_bytes: {RELAY_BUFFER}, backlog_timeout: 1}}
+store: "memory://"
+pools:
+  m: {{endpoints: ["{engine.base_url}"], max_concurrency: 1}}
+"""
+        with GatewayServer(cfg) as gw:
+            got, tail = _slow_reading_stream(gw.port, 0.01)
+            assert tail.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), tail
+            assert got > 48 * 65536, got
+            records = _records(gw, 1)
+            assert [r.error for r in records] == [None] and records[0].status == 200
+            assert gw.state.pools["m"].outstanding == 0
+
+
+def test_a_client_that_stops_reading_past_the_bound_is_cut_after_the_backlog_timeout() -> None:
+    # Reads ~1 MB, then nothing: past the bound the relay waits for it for the backlog
+    # timeout, then cuts it and frees the engine (the write timeout is far away).
+    with EndlessEngine() as engine:
+        cfg = auth_yaml() + f"""
+server: {{write_timeout: 60, relay_buffer_bytes: {RELAY_BUFFER}, backlog_timeout: 1}}
+store: "memory://"
+pools:
+  m: {{endpoints: ["{engine.base_url}"], max_concurrency: 1}}
+"""
+        with GatewayServer(cfg) as gw:
+            t0 = time.monotonic()
+            got, _ = _slow_reading_stream(gw.port, 0.005, stop_after=1 << 20)
+            assert got >= 1 << 20
+            assert wait_until(lambda: engine.streaming == 0 and gw.state.pools["m"].outstanding == 0, 2)
+            assert time.monotonic() - t0 < 10
+            cut = [r for r in _records(gw, 1) if r.error is not None]
+            assert len(cut) == 1 and cut[0].error == "client stopped reading"
 
 
 def test_client_sockets_get_the_configured_send_buffer() -> None:
