@@ -77,6 +77,7 @@ class Backend:
     # Observed speed, exponentially weighted: seconds per output token and to first token.
     ewma_tpot: float | None = None
     ewma_ttft: float | None = None
+    speed_observed_at: float = field(default_factory=time.monotonic)  # when they last learnt something
     down_until: float = 0.0
     last_error: str | None = None
     served_model: str | None = None  # first name the engine serves, when known
@@ -122,3 +123,5 @@ class Backend:
             tpot = duration / output_tokens
         if tpot is not None:
             self.ewma_tpot = tpot if self.ewma_tpot is None else 0.8 * self.ewma_tpot + 0.2 * tpot
+        if ttft is not None or tpot is not None:
+            self.speed_observed_at = time.monotonic()

@@ -24,6 +24,14 @@ queueing, and herds traffic onto it (benchmarks/scenarios/model.py shows both).
 Backends without observations yet get the pool's best known speed, so a new backend is
 tried rather than starved, and the smallest known batch size, so costs stay comparable
 (a batch of 1 next to a batch of 8 would make the unknown one look 8x dearer).
+Estimates age: one last refreshed SPEED_HALF_LIFE_S seconds before the pool's freshest
+counts half, the other half being the freshest estimate. Speeds measured at different times are taken
+under different conditions (engines sharing a host slow each other down; a GPU throttles),
+and a replica that gets no traffic is never re-measured: without ageing, a replica rated
+slow while its neighbour was saturating the shared cores, next to a busy replica last
+measured when all was quiet, would lose every request to the busy one. Under steady
+traffic every estimate is seconds old and a real difference in speed stays.
+
 Non-stream requests report no TTFT and their duration per output token as TPOT
 (`Backend.observe`), so a pool serving only non-stream traffic is still compared by speed.
 Ties (equal cost) are broken at random.
@@ -44,6 +52,8 @@ if TYPE_CHECKING:
 # Output length, in tokens, that weighs time-per-token against time-to-first-token. Only
 # the ratio matters; it is the order of a short chat answer.
 REFERENCE_TOKENS = 64
+# Seconds after which an estimate not refreshed counts half (see the module's note).
+SPEED_HALF_LIFE_S = 15.0
 
 
 def engine_capacity(b: Backend) -> int | None:
@@ -55,17 +65,28 @@ def engine_capacity(b: Backend) -> int | None:
 
 
 def expected_seconds(
-    b: Backend, default_ttft: float | None, default_tpot: float | None, default_capacity: int | None = None
+    b: Backend, default_ttft: float | None, default_tpot: float | None, default_capacity: int | None = None,
+    ttft: float | None = None, tpot: float | None = None,
 ) -> float:
-    """Estimated time for a typical new request sent to `b` now to finish (queue + service)."""
-    ttft = b.ewma_ttft if b.ewma_ttft is not None else default_ttft
-    tpot = b.ewma_tpot if b.ewma_tpot is not None else default_tpot
+    """Estimated time for a typical new request sent to `b` now to finish (queue + service).
+
+    `ttft`/`tpot` replace the backend's own estimates when given (aged ones)."""
+    ttft = ttft if ttft is not None else b.ewma_ttft if b.ewma_ttft is not None else default_ttft
+    tpot = tpot if tpot is not None else b.ewma_tpot if b.ewma_tpot is not None else default_tpot
     service = max(ttft or 0.0, REFERENCE_TOKENS * (tpot or 0.0))
     if service <= 0.0:
         service = 1.0  # nothing observed anywhere yet: compare queues only
     ahead = max(float(b.outstanding), b.engine_running + b.engine_waiting)
     cap = engine_capacity(b) or default_capacity or 1
     return service * (1.0 + max(0.0, ahead + 1.0 - cap) / cap)
+
+
+def aged(own: float | None, freshest: float | None, age: float) -> float | None:
+    """An estimate taken `age` seconds before the pool's freshest, blended toward it."""
+    if own is None or freshest is None or age <= 0.0:
+        return own
+    w = 0.5 ** (age / SPEED_HALF_LIFE_S)
+    return w * own + (1.0 - w) * freshest
 
 
 class SpeedAware(LoadOnly):
@@ -88,10 +109,20 @@ class SpeedAware(LoadOnly):
         # One backend's batch size known and another's not must not make the unknown one
         # look 8x dearer (costs would be in different units): borrow the smallest known.
         default_cap = min(caps) if caps else None
+        # The freshest estimate of each kind: what the others age toward.
+        fresh_ttft = fresh_tpot = None
+        fresh_ttft_at = fresh_tpot_at = float("-inf")
+        for b in candidates:
+            if b.ewma_ttft is not None and b.speed_observed_at > fresh_ttft_at:
+                fresh_ttft, fresh_ttft_at = b.ewma_ttft, b.speed_observed_at
+            if b.ewma_tpot is not None and b.speed_observed_at > fresh_tpot_at:
+                fresh_tpot, fresh_tpot_at = b.ewma_tpot, b.speed_observed_at
         best: list[Backend] = []
         best_cost = float("inf")
         for b in candidates:
-            cost = expected_seconds(b, default_ttft, default_tpot, default_cap)
+            cost = expected_seconds(b, default_ttft, default_tpot, default_cap,
+                                    aged(b.ewma_ttft, fresh_ttft, fresh_ttft_at - b.speed_observed_at),
+                                    aged(b.ewma_tpot, fresh_tpot, fresh_tpot_at - b.speed_observed_at))
             if cost < best_cost:
                 best, best_cost = [b], cost
             elif cost == best_cost:

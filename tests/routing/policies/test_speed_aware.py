@@ -10,6 +10,8 @@ from gateway.routing.backend import Backend
 from gateway.routing.policies import make_balancer
 from gateway.routing.policies.speed_aware import (
     REFERENCE_TOKENS,
+    SPEED_HALF_LIFE_S,
+    aged,
     engine_capacity,
     expected_seconds,
 )
@@ -112,3 +114,35 @@ def test_spreads_by_speed_under_sustained_load() -> None:
     counts = [b.outstanding for b in bs]
     assert counts[0] > counts[1] > counts[2] > 0
     assert counts[0] == pytest.approx(2 * counts[1], abs=2) and counts[1] == pytest.approx(2 * counts[2], abs=2)
+
+
+def test_a_stale_estimate_ages_toward_the_freshest() -> None:
+    # The idle replica was last measured (slow) just now, with its neighbour saturating
+    # the shared cores; the busy one was measured fast a minute ago, when all was quiet,
+    # and has 7 requests from elsewhere. Fresh, the 10x gap would outweigh the queue.
+    busy, idle = backends(0.010, 0.100)
+    busy.engine_running = 7.0
+    sa = make_balancer("speed_aware", seed=0)
+    assert sa.choose([busy, idle]) is busy
+    busy.speed_observed_at -= 4 * SPEED_HALF_LIFE_S
+    assert sa.choose([busy, idle]) is idle
+    # Both equally stale: neither is the fresher witness, the measured gap stands.
+    idle.speed_observed_at = busy.speed_observed_at
+    assert sa.choose([busy, idle]) is busy
+
+
+def test_ageing_weights_halve_every_half_life() -> None:
+    assert aged(0.010, 0.100, 0.0) == 0.010
+    assert aged(0.010, 0.100, SPEED_HALF_LIFE_S) == pytest.approx(0.055)
+    assert aged(0.010, 0.100, 10 * SPEED_HALF_LIFE_S) == pytest.approx(0.100, rel=1e-3)
+    assert aged(None, 0.100, 60.0) is None and aged(0.010, None, 60.0) == 0.010
+
+
+def test_observing_refreshes_the_estimate_time() -> None:
+    (b,) = backends(None)
+    b.speed_observed_at = 0.0
+    b.observe(ttft=0.1, duration=0.5, output_tokens=5)
+    assert b.speed_observed_at > 0.0 and b.ewma_tpot == pytest.approx(0.1)
+    b.speed_observed_at = 0.0
+    b.observe(ttft=None, duration=0.5, output_tokens=2)  # too short to teach anything
+    assert b.speed_observed_at == 0.0
