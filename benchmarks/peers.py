@@ -199,3 +199,15 @@ def nginx(engine_port: int) -> Peer | str:
 
 
 FACTORIES = {"vllm-router": vllm_router, "sglang-router": sglang_router, "nginx": nginx}
+
+PYTHON_FLOOR = "python floor"
+
+
+def python_floor(engine_port: int) -> Peer:
+    """benchmarks/floorproxy.py: what any Python proxy on our stack costs at least."""
+    import sys
+
+    port = free_port()
+    script = Path(__file__).with_name("floorproxy.py")  # imports nothing of ours: runs from any cwd
+    argv = [sys.executable, str(script), "--port", str(port), "--upstream", f"127.0.0.1:{engine_port}"]
+    return Peer("peer-python-floor", argv, port, "/health", "this commit")

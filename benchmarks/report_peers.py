@@ -8,7 +8,8 @@ from typing import Any
 from .measure import fmt, summary
 
 NA = "n/a"
-ORDER = ("direct", "gateway", "gateway, auth/metering/metrics off", "vllm-router", "sglang-router", "nginx")
+ORDER = ("direct", "gateway", "gateway, auth/metering/metrics off", "vllm-router", "sglang-router", "nginx",
+         "python floor")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -151,7 +152,10 @@ Peers: {', '.join(f'{k} {v}' for k, v in pe.get('versions', {}).items()) or NA};
 `--policy round_robin` (their cheapest for one worker; the default `cache_aware` keeps a
 prompt tree), Prometheus on, log level warn; nginx 1 worker, `proxy_buffering off`,
 upstream keep-alive. The gateway: `gateway serve` as shipped (speed_aware, engine `/metrics`
-read every second).
+read every second). "python floor" is `benchmarks/floorproxy.py`: the gateway's stack
+(uvloop, httptools) doing only what no L7 proxy can skip (find where each request and
+response ends, pass the bytes over a pooled keep-alive connection); no routing, auth,
+metering or metrics. What it spends per request, any Python gateway on this stack spends.
 """]
     for miss, why in pe.get("missing", {}).items():
         out.append(f"- {miss}: not measured ({why})")

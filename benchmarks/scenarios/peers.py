@@ -62,6 +62,12 @@ def _targets(bench: Bench, sim: Any, model: str, out: dict[str, Any], stack: lis
         stack.append(p)
         found[name] = (p.target, p.pids())
         out["versions"][name] = p.version
+    # The yardstick: the least any Python proxy on our stack spends (benchmarks/floorproxy.py).
+    floor = peers.python_floor(sim.port)
+    floor.name = f"{floor.name}-{model}"
+    floor.start(bench.placement)
+    stack.append(floor)
+    found[peers.PYTHON_FLOOR] = (floor.target, floor.pids())
     return found
 
 
