@@ -10,7 +10,7 @@ the conversations through `ca`, phase 2 runs other conversations of the same sha
 through `sa`, with the engines' prefix caches reset in between (POST /reset_prefix_cache,
 VLLM_SERVER_DEV_MODE=1). Hit rate = delta of vllm:prefix_cache_hits_total over delta of
 vllm:prefix_cache_queries_total, summed over both engines, read from the engines' own
-/metrics.
+/metrics; TTFT mean/p50/p99 as the client sees it (first content token of each stream).
 
     python -m benchmarks.scenarios.cache_aware_vllm [--conversations 24] [--turns 4]
 """
@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from gateway.engines.health import parse_gauges
 from gateway.sim.testing import free_port
 
 from .. import procs
+from ..loadgen import percentile
 from .cache_aware import _post, words
 
 CACHE = Path(os.environ.get("GATEWAY_CACHE", Path.home() / ".cache" / "gateway"))
@@ -83,13 +85,16 @@ async def counters(http: aiohttp.ClientSession, ports: list[int]) -> list[dict[s
     return out
 
 
-async def conversations(url: str, model: str, n: int, turns: int, seed: int, concurrency: int) -> tuple[int, int]:
-    """n conversations of `turns` turns, `concurrency` at a time; (requests ok, failed)."""
+async def conversations(url: str, model: str, n: int, turns: int, seed: int, concurrency: int
+                        ) -> tuple[int, int, list[float]]:
+    """n conversations of `turns` turns, `concurrency` at a time; (requests ok, failed,
+    TTFT in seconds of each successful request, client side)."""
     rng = random.Random(seed)
     shared = random.Random(1)
     system = {"role": "system", "content": "You are the team's assistant. " + words(shared, 90)}
     scripts = [[words(rng, rng.randint(15, 30)) for _ in range(turns)] for _ in range(n)]
     ok = failed = 0
+    ttfts: list[float] = []
     sem = asyncio.Semaphore(concurrency)
     async with aiohttp.ClientSession() as http:
 
@@ -106,11 +111,12 @@ async def conversations(url: str, model: str, n: int, turns: int, seed: int, con
                         print("request failed:", res.error, file=sys.stderr)
                         return
                     ok += 1
+                    ttfts.append(res.ttft)
                     history.append({"role": "assistant", "content": answer})
                     await asyncio.sleep(rng.uniform(0.05, 0.3))
 
         await asyncio.gather(*(one(s) for s in scripts))
-    return ok, failed
+    return ok, failed, ttfts
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,7 +151,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         assert r.status == 200, await r.text()
                 before = await counters(http, ports)
                 started = time.monotonic()
-                ok, failed = await conversations(url, pool, args.conversations, args.turns, seed, args.concurrency)
+                ok, failed, ttfts = await conversations(url, pool, args.conversations, args.turns, seed,
+                                                        args.concurrency)
                 after = await counters(http, ports)
                 q = [a.get("vllm:prefix_cache_queries_total", 0) - b.get("vllm:prefix_cache_queries_total", 0)
                      for a, b in zip(after, before, strict=True)]
@@ -155,6 +162,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     "policy": "cache_aware" if pool == "ca" else "speed_aware", "ok": ok, "failed": failed,
                     "seconds": time.monotonic() - started, "queries_tokens": q, "hits_tokens": h,
                     "hit_rate": sum(h) / sum(q) if sum(q) else 0.0,
+                    "ttft_mean_s": statistics.fmean(ttfts) if ttfts else None,
+                    "ttft_p50_s": percentile(ttfts, 50), "ttft_p99_s": percentile(ttfts, 99),
                 }
                 print(json.dumps(result["phases"][pool]), file=sys.stderr, flush=True)
     finally:

@@ -150,8 +150,9 @@ class Gateway:
     def config(self, pools: dict[str, Any]) -> dict[str, Any]:
         return {
             # The default relay bound: tests whose client must outlast a fast engine keep
-            # reading in a thread (a client that pauses falls ~0.8 MB behind the tiny model
-            # within seconds and is cut as a non-reader, by design).
+            # reading in a thread (a client that reads slowly is waited for, but one that
+            # pauses falls ~0.8 MB behind the tiny model within seconds, and reading
+            # nothing for the backlog timeout (1 s) then, it is cut as a non-reader).
             "server": {"host": "127.0.0.1", "port": self.port, "drain_seconds": 5},
             "store": f"sqlite:///{self.workdir / 'usage.db'}",
             "auth": {

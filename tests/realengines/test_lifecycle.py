@@ -52,8 +52,9 @@ class Reader:
     """A client that reads its stream continuously (in a thread) until told to leave.
 
     The tiny model streams ~1,500 tokens/s; a client that pauses to look at metrics falls
-    behind by the gateway's relay bound within seconds and is cut as a non-reader (by
-    design), so the witnesses below run while this keeps reading."""
+    behind by the gateway's relay bound within seconds and, once it has read nothing for
+    the backlog timeout (1 s), is cut as a non-reader (by design), so the witnesses below
+    run while this keeps reading."""
 
     def __init__(self, url: str, body: dict[str, Any]) -> None:
         self.url, self.body = url, body
