@@ -5,10 +5,10 @@ Needs what scripts/realengines/ installs into ~/.cache/gateway (vLLM's CPU build
 tiny model); not part of `benchmarks.run` (minutes of engine start-up, GiBs of memory).
 
 One `gateway serve` spawns two vLLM replicas (pool `ca`, cache_aware) on two fixed ports;
-a second pool (`sa`, speed_aware) lists the same two engines as endpoints. Phase 1 runs
-the conversations through `ca`, phase 2 runs other conversations of the same shape
-through `sa`, with the engines' prefix caches reset in between (POST /reset_prefix_cache,
-VLLM_SERVER_DEV_MODE=1). Hit rate = delta of vllm:prefix_cache_hits_total over delta of
+a second pool (`sa`, speed_aware) lists the same two engines as endpoints. After an
+untimed warm-up of each engine, four phases run the same two sets of conversations
+through each pool in ABBA order (ca, sa, sa, ca), with the engines' prefix caches reset
+before each (POST /reset_prefix_cache, VLLM_SERVER_DEV_MODE=1). Hit rate = delta of vllm:prefix_cache_hits_total over delta of
 vllm:prefix_cache_queries_total, summed over both engines, read from the engines' own
 /metrics; TTFT mean/p50/p99 as the client sees it (first content token of each stream).
 
@@ -41,6 +41,9 @@ CACHE = Path(os.environ.get("GATEWAY_CACHE", Path.home() / ".cache" / "gateway")
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "VLLM_NO_USAGE_STATS": "1", "VLLM_SERVER_DEV_MODE": "1"}
 COUNTERS = {"vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"}
+# (pool, seed) in order: each policy runs the same two sets of conversations, in ABBA order
+# so that neither gains from going second (engines warming up, the machine's state).
+PHASES = (("ca", 11), ("sa", 11), ("sa", 22), ("ca", 22))
 
 
 def paths() -> tuple[Path, Path]:
@@ -145,7 +148,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError("vLLM replicas not ready in 900 s:\n" + gw.log_tail())
             result["startup_s"] = time.monotonic() - t0
             await asyncio.sleep(3)  # the gateway's probes mark both READY
-            for pool, seed in (("ca", 11), ("sa", 22)):
+            # Warm both engines (first requests on a fresh vLLM are slower), untimed.
+            for p in ports:
+                await conversations(f"http://127.0.0.1:{p}/v1", "ca", 4, 2, 99, 4)
+            runs: list[dict[str, Any]] = []
+            for pool, seed in PHASES:
                 for p in ports:
                     async with http.post(f"http://127.0.0.1:{p}/reset_prefix_cache") as r:
                         assert r.status == 200, await r.text()
@@ -158,14 +165,25 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                      for a, b in zip(after, before, strict=True)]
                 h = [a.get("vllm:prefix_cache_hits_total", 0) - b.get("vllm:prefix_cache_hits_total", 0)
                      for a, b in zip(after, before, strict=True)]
+                run = {"pool": pool, "seed": seed, "ok": ok, "failed": failed, "seconds": time.monotonic() - started,
+                       "queries_tokens": q, "hits_tokens": h, "ttfts": ttfts,
+                       "ttft_mean_s": statistics.fmean(ttfts) if ttfts else None}
+                runs.append(run)
+                print(json.dumps({k: v for k, v in run.items() if k != "ttfts"}), file=sys.stderr, flush=True)
+            for pool in ("ca", "sa"):
+                mine = [r for r in runs if r["pool"] == pool]
+                q = sum(sum(r["queries_tokens"]) for r in mine)
+                h = sum(sum(r["hits_tokens"]) for r in mine)
+                ttfts = [t for r in mine for t in r["ttfts"]]
                 result["phases"][pool] = {
-                    "policy": "cache_aware" if pool == "ca" else "speed_aware", "ok": ok, "failed": failed,
-                    "seconds": time.monotonic() - started, "queries_tokens": q, "hits_tokens": h,
-                    "hit_rate": sum(h) / sum(q) if sum(q) else 0.0,
+                    "policy": "cache_aware" if pool == "ca" else "speed_aware",
+                    "ok": sum(r["ok"] for r in mine), "failed": sum(r["failed"] for r in mine),
+                    "seconds": sum(r["seconds"] for r in mine), "queries_tokens": q, "hits_tokens": h,
+                    "hit_rate": h / q if q else 0.0,
                     "ttft_mean_s": statistics.fmean(ttfts) if ttfts else None,
                     "ttft_p50_s": percentile(ttfts, 50), "ttft_p99_s": percentile(ttfts, 99),
+                    "ttft_mean_s_per_phase": [r["ttft_mean_s"] for r in mine],
                 }
-                print(json.dumps(result["phases"][pool]), file=sys.stderr, flush=True)
     finally:
         await asyncio.to_thread(gw.stop, 60.0)
     return result
