@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import socket
 import struct
+import termios
 import time
 from collections import deque
 from email.utils import formatdate
@@ -84,7 +86,7 @@ class HttpExchange:
     """One request on one connection; implements `server.exchange.Exchange`."""
 
     __slots__ = ("conn", "method", "path", "query", "headers", "keep_alive", "_body", "_size", "complete",
-                 "responded", "streaming", "interrupted", "in_run", "task", "status", "started")
+                 "responded", "streaming", "interrupted", "in_run", "task", "status", "started", "held_back")
 
     def __init__(self, conn: HttpConnection, method: str, url: bytes, headers: RawHeaders, keep_alive: bool) -> None:
         self.conn = conn
@@ -104,6 +106,7 @@ class HttpExchange:
         self.task: asyncio.Task[None] | None = None
         self.status = 0  # what the response's status line said (for the access log)
         self.started = 0.0
+        self.held_back = False
 
     # --- request ----------------------------------------------------------------------
 
@@ -161,8 +164,8 @@ class HttpExchange:
             return
         conn = self.conn
         conn.write(b"%x\r\n%b\r\n" % (len(data), data))
-        if conn.write_paused:
-            await conn.backlogged()
+        if conn.write_paused and await conn.backlogged():
+            self.held_back = True
 
     async def end(self, data: bytes = b"") -> None:
         if not self.streaming:
@@ -209,6 +212,7 @@ class HttpConnection(asyncio.Protocol):
         # Bytes handed to the transport, and how many of them the client had taken when
         # the write timer was last armed: the client's progress while it is paused.
         self._sent = 0
+        self._fd = -1  # the client socket's descriptor, for its send queue (`_taken`)
         self._taken_mark = 0
         # The request being parsed, the one being answered, the ones waiting their turn.
         self._url = b""
@@ -232,6 +236,7 @@ class HttpConnection(asyncio.Protocol):
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._fd = sock.fileno()
                 if self.cfg.client_send_buffer_bytes:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.cfg.client_send_buffer_bytes)
             except OSError:
@@ -391,12 +396,29 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def _taken(self) -> int:
-        """Bytes the client (its socket) has taken off the transport so far."""
-        t = self.transport
-        return self._sent - (t.get_write_buffer_size() if t is not None else 0)
+        """Bytes the client has taken so far: written minus what still waits in the
+        transport and, where the kernel tells (Linux SIOCOUTQ), in the socket's send queue.
 
-    async def backlogged(self) -> None:
-        """Called after a write while the client is not reading.
+        Without the send queue a slow reader would show progress only when the kernel
+        finds the socket writable again, after about a third of its send buffer drained:
+        ~150 KB, i.e. seconds apart for a client reading 50-150 KB/s, which would read as
+        "took nothing" and be cut."""
+        t = self.transport
+        if t is None:
+            return self._sent
+        taken = self._sent - t.get_write_buffer_size()
+        if self._fd >= 0:
+            try:
+                queued = struct.unpack("i", fcntl.ioctl(self._fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            except OSError:
+                self._fd = -1  # not a TCP socket here (or not Linux): the transport's view only
+            else:
+                taken -= queued
+        return taken
+
+    async def backlogged(self) -> bool:
+        """Called after a write while the client is not reading; True if it waited for
+        the client (the relay was held back).
 
         Returns at once while the backlog fits in `relay_buffer_bytes`: the relay goes
         on reading the engine, so the engine's slot never waits on this client. Past the
@@ -409,7 +431,7 @@ class HttpConnection(asyncio.Protocol):
             raise ConnectionResetError("client disconnected")
         limit = self.cfg.relay_buffer_bytes
         if self.transport.get_write_buffer_size() <= limit:
-            return
+            return False
         grace = self.cfg.backlog_timeout
         while self.write_paused:
             mark = self._taken()
@@ -427,6 +449,7 @@ class HttpConnection(asyncio.Protocol):
                 self._cut(f"its unread backlog passed relay_buffer_bytes ({limit}) "
                           f"and it read nothing for {grace:g} s")
                 await self.drained()
+        return True
 
     async def drained(self) -> None:
         """Wait until the client reads again, or until the request is cancelled."""

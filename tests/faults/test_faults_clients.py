@@ -205,6 +205,24 @@ pools:
             assert gw.state.pools["m"].outstanding == 0
 
 
+def test_a_client_reading_at_a_modest_rate_is_not_taken_for_a_stalled_one() -> None:
+    # ~200 KB/s with the default send buffer (the kernel's is 512 KiB): the socket turns
+    # writable only after ~170 KB drained, so judged by the transport alone this client
+    # would show no progress for ~0.85 s at a time, past the 0.5 s backlog timeout. The
+    # kernel's send queue shows each read.
+    with EndlessEngine(events=14) as engine:
+        cfg = auth_yaml() + f"""
+server: {{write_timeout: 60, relay_buffer_bytes: {RELAY_BUFFER}, backlog_timeout: 0.5}}
+store: "memory://"
+pools:
+  m: {{endpoints: ["{engine.base_url}"], max_concurrency: 1}}
+"""
+        with GatewayServer(cfg) as gw:
+            got, tail = _slow_reading_stream(gw.port, 0.04)
+            assert tail.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), (got, tail)
+            assert [r.error for r in _records(gw, 1)] == [None]
+
+
 def test_a_client_that_stops_reading_past_the_bound_is_cut_after_the_backlog_timeout() -> None:
     # Reads ~1 MB, then nothing: past the bound the relay waits for it for the backlog
     # timeout, then cuts it and frees the engine (the write timeout is far away).
