@@ -88,7 +88,7 @@ async def _forward(
         try:
             retry = await _attempt(session, pool, backend, ctx, plan, out, early)
         finally:
-            pool.release(backend, request, _completion(ctx) if answered(ctx) else None)
+            pool.release(backend, request, _completion(ctx, out.held_back) if answered(ctx) else None)
         if retry is None:
             return
         tried.add(backend)
@@ -118,13 +118,18 @@ def answered(ctx: RequestContext) -> bool:
     return ctx.upstream_started is not None and ctx.first_byte_at is not None
 
 
-def _completion(ctx: RequestContext) -> Completion:
+def _completion(ctx: RequestContext, held_back: bool = False) -> Completion:
     """Balancer feedback: how the answer went (timing feeds the speed estimates, usage the
-    prefix-cache figures)."""
+    prefix-cache figures).
+
+    `held_back`: the relay waited for a slow client, so the stream's duration is the
+    client's, not the engine's; it is left out (0.0: no speed learnt from it). Its first
+    byte came before any wait, so its TTFT stands."""
     assert ctx.upstream_started is not None and ctx.first_byte_at is not None
     # A non-stream answer's first byte is its last: it says nothing about time to first token.
     ttft = ctx.first_byte_at - ctx.upstream_started if ctx.stream else None
-    return completion_from_usage(ctx.completed, ctx.usage, ttft, time.monotonic() - ctx.upstream_started)
+    duration = 0.0 if held_back else time.monotonic() - ctx.upstream_started
+    return completion_from_usage(ctx.completed, ctx.usage, ttft, duration)
 
 
 async def _attempt(

@@ -77,7 +77,9 @@ class Backend:
     # Observed speed, exponentially weighted: seconds per output token and to first token.
     ewma_tpot: float | None = None
     ewma_ttft: float | None = None
-    speed_observed_at: float = field(default_factory=time.monotonic)  # when they last learnt something
+    # When each estimate last learnt something (speed_aware ages the older ones).
+    ttft_observed_at: float = field(default_factory=time.monotonic)
+    tpot_observed_at: float = field(default_factory=time.monotonic)
     down_until: float = 0.0
     last_error: str | None = None
     served_model: str | None = None  # first name the engine serves, when known
@@ -110,11 +112,13 @@ class Backend:
         `ttft` is None for non-stream requests, whose first byte is also their last.
         """
         tpot: float | None = None
+        now = time.monotonic()
         if ttft is not None:
             self.ewma_ttft = ttft if self.ewma_ttft is None else 0.8 * self.ewma_ttft + 0.2 * ttft
+            self.ttft_observed_at = now
             if output_tokens > 1 and duration > ttft:
                 tpot = (duration - ttft) / (output_tokens - 1)
-        elif output_tokens >= NON_STREAM_MIN_TOKENS:
+        elif output_tokens >= NON_STREAM_MIN_TOKENS and duration > 0.0:
             # Non-stream: only the whole duration is known; prefill is folded into the rate,
             # which only a long enough answer amortises. A 2-token answer that waited 1 s
             # for its prefill would read as 0.5 s per token (a real vLLM replica, rated 100x
@@ -123,5 +127,4 @@ class Backend:
             tpot = duration / output_tokens
         if tpot is not None:
             self.ewma_tpot = tpot if self.ewma_tpot is None else 0.8 * self.ewma_tpot + 0.2 * tpot
-        if ttft is not None or tpot is not None:
-            self.speed_observed_at = time.monotonic()
+            self.tpot_observed_at = now

@@ -46,7 +46,7 @@ class Completion:
     # llama.cpp, SGLang): the prompt tokens the engine served from its prefix cache.
     cached_tokens: int | None = None
     ttft: float | None = None  # seconds to the first byte (streams only)
-    duration: float = 0.0  # seconds from the first upstream call to the end
+    duration: float = 0.0  # seconds from the first upstream call to the end; 0.0: not known
     output_tokens: int = 0
 
 

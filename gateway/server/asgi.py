@@ -111,13 +111,16 @@ async def run_until_disconnect(work: Awaitable[None], receive: Receive) -> bool:
 class AsgiExchange:
     """`server.exchange.Exchange` over an ASGI scope/receive/send (one message per write)."""
 
-    __slots__ = ("scope", "receive", "send", "method", "path", "headers")
+    __slots__ = ("scope", "receive", "send", "method", "path", "headers", "held_back")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope, self.receive, self.send = scope, receive, send
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.headers: RawHeaders = scope["headers"]
+        # The ASGI server's `send` waits for a slow client without telling: unknown, so
+        # the engine's timing is taken as it comes.
+        self.held_back = False
 
     def header(self, name: bytes) -> str | None:
         return header(self.scope, name)

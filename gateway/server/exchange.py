@@ -32,6 +32,9 @@ class Exchange(Protocol):
     method: str
     path: str
     headers: RawHeaders  # lower-case names, in the order received
+    # The relay waited for this client at least once (backpressure): the response's
+    # timing then says more about the client than about the engine.
+    held_back: bool
 
     def header(self, name: bytes) -> str | None:
         """The first value of a (lower-case) header, or None when absent."""

@@ -170,3 +170,22 @@ def test_an_unreachable_backend_is_not_observed_and_sits_out() -> None:
 
     b = asyncio.run(main())
     assert (b.ewma_tpot, b.ewma_ttft) == (None, None) and not b.routable
+
+
+def test_a_stream_held_back_by_its_client_teaches_no_speed() -> None:
+    # The relay waited for a slow client: the stream's duration is the client's, so the
+    # balancer gets no duration (no rate learnt); its TTFT came before any wait and stands.
+    from gateway.proxy.forward import _completion
+
+    ctx = RequestContext(request_id="r", endpoint="chat")
+    ctx.stream, ctx.completed = True, True
+    ctx.upstream_started = ctx.started
+    ctx.first_byte_at = ctx.started + 0.05
+    ctx.usage = {"prompt_tokens": 10, "completion_tokens": 200}
+    free = _completion(ctx)
+    held = _completion(ctx, held_back=True)
+    assert free.duration > 0.0 and held.duration == 0.0
+    assert held.ttft == free.ttft == pytest.approx(0.05)
+    b = Backend(id="b", pool="p", url="http://127.0.0.1:1/v1", max_concurrency=1)
+    b.observe(held.ttft, held.duration, held.output_tokens)
+    assert b.ewma_ttft == pytest.approx(0.05) and b.ewma_tpot is None

@@ -113,16 +113,16 @@ class SpeedAware(LoadOnly):
         fresh_ttft = fresh_tpot = None
         fresh_ttft_at = fresh_tpot_at = float("-inf")
         for b in candidates:
-            if b.ewma_ttft is not None and b.speed_observed_at > fresh_ttft_at:
-                fresh_ttft, fresh_ttft_at = b.ewma_ttft, b.speed_observed_at
-            if b.ewma_tpot is not None and b.speed_observed_at > fresh_tpot_at:
-                fresh_tpot, fresh_tpot_at = b.ewma_tpot, b.speed_observed_at
+            if b.ewma_ttft is not None and b.ttft_observed_at > fresh_ttft_at:
+                fresh_ttft, fresh_ttft_at = b.ewma_ttft, b.ttft_observed_at
+            if b.ewma_tpot is not None and b.tpot_observed_at > fresh_tpot_at:
+                fresh_tpot, fresh_tpot_at = b.ewma_tpot, b.tpot_observed_at
         best: list[Backend] = []
         best_cost = float("inf")
         for b in candidates:
             cost = expected_seconds(b, default_ttft, default_tpot, default_cap,
-                                    aged(b.ewma_ttft, fresh_ttft, fresh_ttft_at - b.speed_observed_at),
-                                    aged(b.ewma_tpot, fresh_tpot, fresh_tpot_at - b.speed_observed_at))
+                                    aged(b.ewma_ttft, fresh_ttft, fresh_ttft_at - b.ttft_observed_at),
+                                    aged(b.ewma_tpot, fresh_tpot, fresh_tpot_at - b.tpot_observed_at))
             if cost < best_cost:
                 best, best_cost = [b], cost
             elif cost == best_cost:

@@ -124,10 +124,11 @@ def test_a_stale_estimate_ages_toward_the_freshest() -> None:
     busy.engine_running = 7.0
     sa = make_balancer("speed_aware", seed=0)
     assert sa.choose([busy, idle]) is busy
-    busy.speed_observed_at -= 4 * SPEED_HALF_LIFE_S
+    busy.ttft_observed_at -= 4 * SPEED_HALF_LIFE_S
+    busy.tpot_observed_at -= 4 * SPEED_HALF_LIFE_S
     assert sa.choose([busy, idle]) is idle
     # Both equally stale: neither is the fresher witness, the measured gap stands.
-    idle.speed_observed_at = busy.speed_observed_at
+    idle.ttft_observed_at, idle.tpot_observed_at = busy.ttft_observed_at, busy.tpot_observed_at
     assert sa.choose([busy, idle]) is busy
 
 
@@ -138,11 +139,30 @@ def test_ageing_weights_halve_every_half_life() -> None:
     assert aged(None, 0.100, 60.0) is None and aged(0.010, None, 60.0) == 0.010
 
 
-def test_observing_refreshes_the_estimate_time() -> None:
+def test_observing_refreshes_only_the_estimate_it_teaches() -> None:
     (b,) = backends(None)
-    b.speed_observed_at = 0.0
+    b.ttft_observed_at = b.tpot_observed_at = 0.0
     b.observe(ttft=0.1, duration=0.5, output_tokens=5)
-    assert b.speed_observed_at > 0.0 and b.ewma_tpot == pytest.approx(0.1)
-    b.speed_observed_at = 0.0
+    assert b.ttft_observed_at > 0.0 and b.tpot_observed_at > 0.0 and b.ewma_tpot == pytest.approx(0.1)
+    b.ttft_observed_at = b.tpot_observed_at = 0.0
     b.observe(ttft=None, duration=0.5, output_tokens=2)  # too short to teach anything
-    assert b.speed_observed_at == 0.0
+    assert b.ttft_observed_at == 0.0 and b.tpot_observed_at == 0.0
+    b.observe(ttft=None, duration=3.2, output_tokens=32)  # non-stream: a rate, no TTFT
+    assert b.ttft_observed_at == 0.0 and b.tpot_observed_at > 0.0
+    b.tpot_observed_at = 0.0
+    b.observe(ttft=0.2, duration=0.0, output_tokens=40)  # held back by its client: TTFT only
+    assert b.ttft_observed_at > 0.0 and b.tpot_observed_at == 0.0
+
+
+def test_a_stale_ttft_is_not_refreshed_by_a_rate() -> None:
+    # A's TTFT is old (streams long ago) and it now serves only non-stream answers, which
+    # refresh its rate; B's TTFT is younger than A's and must not age toward A's.
+    a, b = backends(0.010, 0.010)
+    a.ewma_ttft, b.ewma_ttft = 5.0, 0.1
+    a.ttft_observed_at -= 600.0
+    b.ttft_observed_at -= 60.0
+    a.observe(ttft=None, duration=0.32, output_tokens=32)
+    assert a.ttft_observed_at < b.ttft_observed_at  # still the older TTFT
+    # So B's TTFT is the freshest and A's ages toward it, not the other way round.
+    a_ttft = aged(a.ewma_ttft, b.ewma_ttft, b.ttft_observed_at - a.ttft_observed_at)
+    assert a_ttft == pytest.approx(0.1, abs=0.01)
