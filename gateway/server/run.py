@@ -91,8 +91,13 @@ def serve(cfg: GatewayConfig, config_path: str | None = None, host: str | None =
 
     async def main() -> int:
         from .serve import HttpServer
+        from .watchdog import LoopWatchdog
 
-        return await HttpServer(app).serve(h, p)
+        dog = LoopWatchdog(asyncio.get_running_loop()).start()
+        try:
+            return await HttpServer(app).serve(h, p)
+        finally:
+            dog.stop()
 
     try:
         return _run(main())
