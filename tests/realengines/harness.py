@@ -288,7 +288,9 @@ def _suppress_lookup() -> Iterator[None]:
 
 def engine_metrics(url: str) -> dict[str, float]:
     """The engine's own /metrics, summed over labels: {series name: value}."""
-    text = httpx.get(url + "/metrics", timeout=10).text
+    # Generous: an idle vLLM's API server, sharing two cores with a busy one, once took
+    # more than 10 s to answer.
+    text = httpx.get(url + "/metrics", timeout=60).text
     out: dict[str, float] = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):

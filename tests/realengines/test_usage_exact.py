@@ -146,7 +146,7 @@ def test_ledger_of_a_cut_short_stream(gateway: Gateway, pool: str) -> None:
     # Words the tiny model's tokenizer splits very differently from cl100k, so an
     # estimate with the wrong tokenizer shows.
     body = {"model": pool, "prompt": "Quixotic zephyrs jinx pterodactyls, xylophonist!",
-            "max_tokens": CUT_MAX_TOKENS[pool], "stream": True}
+            "max_tokens": CUT_MAX_TOKENS[pool], "stream": True, "ignore_eos": True}
     left_at = 0.0
     with httpx.Client(timeout=60) as c, c.stream(
         "POST", gateway.base_url + "/completions", json=body,
