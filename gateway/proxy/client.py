@@ -29,6 +29,12 @@ _HIGH_WATER = 1 << 20  # pause reading from the engine above this many unread by
 # uvicorn-based engines (vLLM, SGLang) close idle keep-alive connections after 5 s; reusing
 # one that old races with that close and fails a request for no reason.
 _MAX_IDLE_S = 4.0
+# A reader that finds pieces already buffered does not suspend, so a relay catching up on
+# a backlog (up to _HIGH_WATER of small SSE events, after its client was slow or the loop
+# busy) would hold the event loop until it is through: every other request, timer and
+# probe waited (2-3 s at a time on two busy cores). Every this many pieces taken without
+# waiting, the reader yields once.
+_YIELD_EVERY = 4
 
 Key = tuple[str, str, int]  # (scheme, host, port)
 
@@ -72,6 +78,7 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False  # taken from the idle list rather than freshly connected
         self.got_bytes = False  # any byte of the current response arrived
+        self._streak = 0  # pieces taken in a row without waiting (see _YIELD_EVERY)
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,6 +139,13 @@ class _Conn(asyncio.Protocol):
 
     async def next_chunk(self) -> bytes | None:
         """The next piece of the body as it arrived, or None at its end."""
+        if self._chunks:
+            self._streak += 1
+            if self._streak >= _YIELD_EVERY:
+                self._streak = 0
+                await asyncio.sleep(0)
+        else:
+            self._streak = 0
         while not self._chunks:
             if self.complete:
                 return None

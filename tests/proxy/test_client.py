@@ -251,3 +251,34 @@ pools:
             next(resp.iter_lines())
         assert wait_until(lambda: sim.metrics().get("vllm:num_requests_running", 1) == 0, 2)
         assert wait_until(lambda: gw.state.pools["m"].outstanding == 0, 1)
+
+
+def test_a_reader_catching_up_on_a_backlog_lets_the_loop_run() -> None:
+    # 100 pieces already buffered: taking them never has to wait, yet other tasks (other
+    # requests, timers, probes) must run meanwhile rather than after the whole backlog.
+    from gateway.proxy.client import _Conn
+
+    async def main() -> tuple[int, int]:
+        conn = _Conn(RawSession(), ("http", "127.0.0.1", 1))
+        for _ in range(100):
+            conn.on_body(b"x")
+        conn.complete = True
+        ticks = 0
+
+        async def other() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(other())
+        await asyncio.sleep(0)
+        before, taken = ticks, 0
+        while await conn.next_chunk() is not None:
+            taken += 1
+        task.cancel()
+        return taken, ticks - before
+
+    taken, others_ran = asyncio.run(main())
+    assert taken == 100
+    assert others_ran >= 10, others_ran  # one turn every few pieces (0 would be: after all 100)
