@@ -35,6 +35,7 @@ import fcntl
 import logging
 import socket
 import struct
+import sys
 import termios
 import time
 from collections import deque
@@ -63,6 +64,9 @@ _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CLOSE = b"connection: close\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+# Linux's SIOCOUTQ (the same number as TIOCOUTQ): unsent bytes in a TCP socket's queue.
+# 0 where the platform has no such request; then the transport's buffer alone is read.
+_SIOCOUTQ: int = getattr(termios, "TIOCOUTQ", 0) if sys.platform.startswith("linux") else 0
 
 
 class _Date:
@@ -236,7 +240,7 @@ class HttpConnection(asyncio.Protocol):
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._fd = sock.fileno()
+                self._fd = sock.fileno() if _SIOCOUTQ else -1
                 if self.cfg.client_send_buffer_bytes:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.cfg.client_send_buffer_bytes)
             except OSError:
@@ -409,7 +413,7 @@ class HttpConnection(asyncio.Protocol):
         taken = self._sent - t.get_write_buffer_size()
         if self._fd >= 0:
             try:
-                queued = struct.unpack("i", fcntl.ioctl(self._fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+                queued = struct.unpack("i", fcntl.ioctl(self._fd, _SIOCOUTQ, b"\0\0\0\0"))[0]
             except OSError:
                 self._fd = -1  # not a TCP socket here (or not Linux): the transport's view only
             else:
