@@ -70,6 +70,10 @@ pools:
                 t.start()
             for _ in ids:
                 assert started.acquire(timeout=20)
+            # The non-stream request too must be in flight (at the engine) before SIGTERM:
+            # its thread once connected only after the listener had closed.
+            assert wait_until(lambda: sim.metrics().get("vllm:num_requests_running", 0) >= STREAMS + 1, 20), (
+                sim.metrics())
             gw.signal(signal.SIGTERM)
             assert gw.wait(30) == 0, gw.log_tail()
             for t in threads:
