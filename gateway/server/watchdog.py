@@ -29,8 +29,8 @@ class LoopWatchdog:
         self.tick = tick
         self.beat = time.monotonic()
         self.stalls = 0  # stalls seen (for tests and metrics)
-        self._loop_thread = threading.get_ident()
-        self._loop_tid = threading.get_native_id()
+        self._loop_thread = 0  # the loop thread's ids, taken in `start`
+        self._loop_tid = 0
         self._stop = threading.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)

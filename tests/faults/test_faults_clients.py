@@ -22,6 +22,18 @@ WRITE_TIMEOUT = 1.0
 RELAY_BUFFER = 256 * 1024
 
 
+def _gateway(url: str, slots: int | None = 1, **server: float | int) -> GatewayServer:
+    """A gateway with one pool `m` on the engine at `url` and these `server:` settings."""
+    settings = ", ".join(f"{k}: {v}" for k, v in server.items())
+    pool = f"endpoints: [\"{url}\"]" + (f", max_concurrency: {slots}" if slots is not None else "")
+    return GatewayServer(auth_yaml() + f"""
+server: {{{settings}}}
+store: "memory://"
+pools:
+  m: {{{pool}}}
+""")
+
+
 def _never_reading_stream(port: int) -> socket.socket:
     """Ask for a stream with a tiny receive buffer, and never read it."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -57,13 +69,7 @@ def _assert_reset(deaf: socket.socket) -> None:
 def test_a_never_reading_client_frees_its_engine_slot_as_soon_as_its_relay_buffer_overflows() -> None:
     # The write timeout is far away: only the bounded relay buffer can release the slot.
     with EndlessEngine() as engine:
-        cfg = auth_yaml() + f"""
-server: {{write_timeout: 60, relay_buffer_bytes: {RELAY_BUFFER}}}
-store: "memory://"
-pools:
-  m: {{endpoints: ["{engine.base_url}"], max_concurrency: 1}}
-"""
-        with GatewayServer(cfg) as gw:
+        with _gateway(engine.base_url, write_timeout=60, relay_buffer_bytes=RELAY_BUFFER) as gw:
             pool = gw.state.pools["m"]
             deaf = _never_reading_stream(gw.port)
             try:
@@ -90,13 +96,7 @@ def test_a_never_reading_client_on_a_slow_stream_is_cut_after_the_write_timeout(
     # 64 KiB every 20 ms: the relay buffer (64 MiB) would take ~20 s to overflow, so what
     # cuts this client is the write timeout: it has read nothing for WRITE_TIMEOUT.
     with EndlessEngine(interval=0.02) as engine:
-        cfg = auth_yaml() + f"""
-server: {{write_timeout: {WRITE_TIMEOUT}, relay_buffer_bytes: {64 * 1024 * 1024}}}
-store: "memory://"
-pools:
-  m: {{endpoints: ["{engine.base_url}"], max_concurrency: 1}}
-"""
-        with GatewayServer(cfg) as gw:
+        with _gateway(engine.base_url, write_timeout=WRITE_TIMEOUT, relay_buffer_bytes=64 * 1024 * 1024) as gw:
             pool = gw.state.pools["m"]
             deaf = _never_reading_stream(gw.port)
             try:
@@ -118,13 +118,7 @@ def test_many_never_reading_clients_do_not_starve_the_others() -> None:
     # More non-readers than slots: each is cut as its buffer overflows, so normal
     # requests keep being served while they sit there with their sockets open.
     with EndlessEngine() as engine:
-        cfg = auth_yaml() + f"""
-server: {{write_timeout: 60, relay_buffer_bytes: {RELAY_BUFFER}}}
-store: "memory://"
-pools:
-  m: {{endpoints: ["{engine.base_url}"], max_concurrency: 4}}
-"""
-        with GatewayServer(cfg) as gw:
+        with _gateway(engine.base_url, slots=4, write_timeout=60, relay_buffer_bytes=RELAY_BUFFER) as gw:
             pool = gw.state.pools["m"]
             deaf = [_never_reading_stream(gw.port) for _ in range(6)]
             try:
@@ -143,13 +137,7 @@ pools:
 
 def test_a_client_that_reads_slowly_but_steadily_is_not_cut() -> None:
     with SimProcess(["--served-model-name", "m", "--ttft-ms", "1", "--itl-ms", "1"]) as sim:
-        cfg = auth_yaml() + f"""
-server: {{write_timeout: {WRITE_TIMEOUT}}}
-store: "memory://"
-pools:
-  m: {{endpoints: ["{sim.base_url}"]}}
-"""
-        with GatewayServer(cfg) as gw:
+        with _gateway(sim.base_url, slots=None, write_timeout=WRITE_TIMEOUT) as gw:
             events, last = 0, ""
             with httpx.stream("POST", gw.base_url + "/chat/completions",
                               headers={"authorization": f"Bearer {CLIENT_KEY}"},
@@ -190,13 +178,7 @@ def test_a_client_reading_slower_than_its_engine_writes_gets_the_whole_stream() 
     # backlog passes the 256 KiB bound within a second. It keeps reading: the relay waits
     # for it (stops reading the engine) instead of cutting it.
     with EndlessEngine(events=48) as engine:
-        cfg = auth_yaml() + f"""
-server: {{write_timeout: 60, relay_buffer_bytes: {RELAY_BUFFER}, backlog_timeout: 1}}
-store: "memory://"
-pools:
-  m: {{endpoints: ["{engine.base_url}"], max_concurrency: 1}}
-"""
-        with GatewayServer(cfg) as gw:
+        with _gateway(engine.base_url, write_timeout=60, relay_buffer_bytes=RELAY_BUFFER, backlog_timeout=1) as gw:
             got, tail = _slow_reading_stream(gw.port, 0.01)
             assert tail.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), tail
             assert got > 48 * 65536, got
@@ -211,13 +193,7 @@ def test_a_client_reading_at_a_modest_rate_is_not_taken_for_a_stalled_one() -> N
     # would show no progress for ~0.85 s at a time, past the 0.5 s backlog timeout. The
     # kernel's send queue shows each read.
     with EndlessEngine(events=14) as engine:
-        cfg = auth_yaml() + f"""
-server: {{write_timeout: 60, relay_buffer_bytes: {RELAY_BUFFER}, backlog_timeout: 0.5}}
-store: "memory://"
-pools:
-  m: {{endpoints: ["{engine.base_url}"], max_concurrency: 1}}
-"""
-        with GatewayServer(cfg) as gw:
+        with _gateway(engine.base_url, write_timeout=60, relay_buffer_bytes=RELAY_BUFFER, backlog_timeout=0.5) as gw:
             got, tail = _slow_reading_stream(gw.port, 0.04)
             assert tail.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), (got, tail)
             assert [r.error for r in _records(gw, 1)] == [None]
@@ -227,13 +203,7 @@ def test_a_client_that_stops_reading_past_the_bound_is_cut_after_the_backlog_tim
     # Reads ~1 MB, then nothing: past the bound the relay waits for it for the backlog
     # timeout, then cuts it and frees the engine (the write timeout is far away).
     with EndlessEngine() as engine:
-        cfg = auth_yaml() + f"""
-server: {{write_timeout: 60, relay_buffer_bytes: {RELAY_BUFFER}, backlog_timeout: 1}}
-store: "memory://"
-pools:
-  m: {{endpoints: ["{engine.base_url}"], max_concurrency: 1}}
-"""
-        with GatewayServer(cfg) as gw:
+        with _gateway(engine.base_url, write_timeout=60, relay_buffer_bytes=RELAY_BUFFER, backlog_timeout=1) as gw:
             t0 = time.monotonic()
             got, _ = _slow_reading_stream(gw.port, 0.005, stop_after=1 << 20)
             assert got >= 1 << 20
@@ -247,13 +217,7 @@ def test_client_sockets_get_the_configured_send_buffer() -> None:
     # A fixed SO_SNDBUF, not the kernel's autotuning (megabytes on loopback): what a client
     # that stops reading can absorb before the relay buffer takes over stays small.
     with SimProcess(["--served-model-name", "m"]) as sim:
-        cfg = auth_yaml() + f"""
-server: {{client_send_buffer_bytes: 131072}}
-store: "memory://"
-pools:
-  m: {{endpoints: ["{sim.base_url}"]}}
-"""
-        with GatewayServer(cfg) as gw, socket.create_connection(("127.0.0.1", gw.port)) as s:
+        with _gateway(sim.base_url, slots=None, client_send_buffer_bytes=131072) as gw, socket.create_connection(("127.0.0.1", gw.port)) as s:
             assert wait_until(lambda: len(gw.server.connections) == 1, 5)
             conn = next(iter(gw.server.connections))
             sock = conn.transport.get_extra_info("socket")

@@ -25,12 +25,12 @@ Backends without observations yet get the pool's best known speed, so a new back
 tried rather than starved, and the smallest known batch size, so costs stay comparable
 (a batch of 1 next to a batch of 8 would make the unknown one look 8x dearer).
 Estimates age: one last refreshed SPEED_HALF_LIFE_S seconds before the pool's freshest
-counts half, the other half being the freshest estimate. Speeds measured at different times are taken
-under different conditions (engines sharing a host slow each other down; a GPU throttles),
-and a replica that gets no traffic is never re-measured: without ageing, a replica rated
-slow while its neighbour was saturating the shared cores, next to a busy replica last
-measured when all was quiet, would lose every request to the busy one. Under steady
-traffic every estimate is seconds old and a real difference in speed stays.
+counts half, the other half being the freshest estimate. Speeds measured at different
+times are taken under different conditions (engines sharing a host slow each other down;
+a GPU throttles), and a replica that gets no traffic is never re-measured: without
+ageing, a replica rated slow while its neighbour was saturating the shared cores, next to
+a busy replica last measured when all was quiet, would lose every request to the busy
+one. Under steady traffic every estimate is seconds old and a real difference stays.
 
 Non-stream requests report no TTFT and their duration per output token as TPOT
 (`Backend.observe`), so a pool serving only non-stream traffic is still compared by speed.
