@@ -69,7 +69,7 @@ pools:
     startup_timeout: 900
     health: {{interval: 1, metrics_interval: 0.5}}
     env: {{{env}}}
-    args: [--enforce-eager, --max-model-len, "1024", --max-num-seqs, "8", --block-size, "32",
+    args: [--enforce-eager, --dtype, float32, --max-model-len, "1024", --max-num-seqs, "8", --block-size, "32",
            --enable-prefix-caching, --enable-prompt-tokens-details]
     balancer: cache_aware
     prefix_routing: {{block_bytes: 128}}

@@ -110,13 +110,20 @@ def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -
     return pred()
 
 
+# `--dtype float32`: on a CPU with AMX, vLLM 0.32's CPU build runs bf16 models (its default
+# for this float32 model) through its AMX attention kernel without asking the kernel for
+# AMX permission, and the worker dies of SIGILL (exit -4) on the first request. float32
+# takes the AVX-512/AVX2 kernel on every x86 CPU; the tiny model is float32 anyway.
+VLLM_CPU_ARGS = ["--enforce-eager", "--dtype", "float32"]
+
+
 def vllm_pool(engines: RealEngines, args: list[str], **extra: Any) -> dict[str, Any]:
     return {
         "engine": "vllm",
         "command": [engines.vllm, "serve"],
         "model": engines.model_hf,
         "env": dict(VLLM_ENV),
-        "args": ["--enforce-eager", "--max-model-len", "16384", "--max-num-seqs", "8", *args],
+        "args": [*VLLM_CPU_ARGS, "--max-model-len", "16384", "--max-num-seqs", "8", *args],
         "startup_timeout": 900,
         "health": {"interval": 1, "metrics_interval": 0.5},
         **extra,

@@ -93,7 +93,7 @@ def test_vllm_cpu_on_demand_and_what_it_does_with_sleep_mode(real: dict[str, str
     command: [{real["REALENGINES_VLLM"]}, serve]
     model: {real["REALENGINES_MODEL_HF"]}
     env: {env}
-    args: [--enforce-eager, --max-model-len, "1024", --max-num-seqs, "4"]
+    args: [--enforce-eager, --dtype, float32, --max-model-len, "1024", --max-num-seqs, "4"]
     start: on_demand
     sleep: 1
     idle_timeout: 3

@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from .harness import CLIENT_KEY, VLLM_ENV, Gateway, RealEngines, engine_metrics, sha, wait_for
+from .harness import CLIENT_KEY, VLLM_CPU_ARGS, VLLM_ENV, Gateway, RealEngines, engine_metrics, sha, wait_for
 
 POOL = "whisper"
 ALIAS = "whisper-1"
@@ -59,7 +59,7 @@ def asr(engines: RealEngines, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "model": engines.whisper_hf,
         "env": dict(VLLM_ENV),
         # Whisper's decoder holds 448 positions; vLLM refuses a longer max-model-len.
-        "args": ["--enforce-eager", "--max-model-len", "448", "--max-num-seqs", "4"],
+        "args": [*VLLM_CPU_ARGS, "--max-model-len", "448", "--max-num-seqs", "4"],
         "startup_timeout": 900,
         "health": {"interval": 1, "metrics_interval": 0.5},
         "aliases": [ALIAS],
