@@ -68,7 +68,11 @@ def test_embeddings_float_and_base64(client: OpenAI, engines: RealEngines, pool:
     vecs = [d.embedding for d in f.data]
     assert all(len(v) == engines.expect["hidden"] for v in vecs)
     assert all(abs(norm(v) - 1) < 1e-3 for v in vecs)
-    assert vecs[0] == vecs[2] and vecs[0] != vecs[1]  # a function of the text, not noise
+    # A function of the text, not noise. Equal within float32 rounding, not bit for bit:
+    # on an AVX-512 CPU llama.cpp summed the same text's tokens in another order at the
+    # third position of the batch (0.050269715 vs 0.050269711).
+    assert vecs[0] == pytest.approx(vecs[2], abs=1e-6)
+    assert max(abs(a - c) for a, c in zip(vecs[0], vecs[1], strict=True)) > 1e-3
     assert f.usage.prompt_tokens > 0 and f.usage.total_tokens == f.usage.prompt_tokens
     # The SDK asks for base64 by default and decodes it: the same float32 numbers.
     b = client.embeddings.create(model=pool, input=TEXTS)
