@@ -39,6 +39,7 @@ def status_row(b: Backend, uptime: float | None) -> dict[str, Any]:
         "url": b.url,
         "devices": "",
         "outstanding": b.outstanding,
+        **b.balancing_view(),
         "restarts": 0,
         "last_error": b.last_error,
         "uptime": uptime,

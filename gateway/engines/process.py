@@ -637,9 +637,9 @@ class EngineProcess:
             "url": self.backend.url,
             "devices": ",".join(self.devices),
             "outstanding": self.backend.outstanding,
-            # The engine's own queue as last scraped: what the balancers read besides ours.
-            "engine_running": self.backend.engine_running,
-            "engine_waiting": self.backend.engine_waiting,
+            # The engine's own queue as last scraped and our speed estimates: what the
+            # balancers compare.
+            **self.backend.balancing_view(),
             "restarts": self.restarts,
             "last_error": self.backend.last_error,
             "uptime": round(now - self.ready_since, 1) if self.ready_since is not None else None,

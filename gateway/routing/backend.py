@@ -93,6 +93,19 @@ class Backend:
     kv_capacity_tokens: int | None = None
     cache: CacheStats = field(default_factory=CacheStats)
 
+    def balancing_view(self) -> dict[str, float | None]:
+        """What the balancers read, for /admin/backends: an operator asking why a replica
+        gets no traffic sees the queue and the speed estimates the policies compared."""
+        now = time.monotonic()
+        return {
+            "engine_running": self.engine_running,
+            "engine_waiting": self.engine_waiting,
+            "ewma_ttft": None if self.ewma_ttft is None else round(self.ewma_ttft, 4),
+            "ewma_tpot": None if self.ewma_tpot is None else round(self.ewma_tpot, 5),
+            "ttft_age": None if self.ewma_ttft is None else round(now - self.ttft_observed_at, 1),
+            "tpot_age": None if self.ewma_tpot is None else round(now - self.tpot_observed_at, 1),
+        }
+
     @property
     def routable(self) -> bool:
         return self.state is BackendState.READY and self.down_until <= time.monotonic()

@@ -45,6 +45,17 @@ def require(*pools: str) -> None:
             pytest.skip(f"REALENGINES_ONLY={os.environ.get('REALENGINES_ONLY')}: {pool} is not spawned")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report carries the gateway's last log lines: CI keeps only what
+    pytest prints, and the gateway's log dies with the run's temporary directory."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    gw = getattr(item, "funcargs", {}).get("gateway")
+    if report.failed and isinstance(gw, Gateway):
+        report.sections.append(("gateway log (last 40 lines)", gw.tail(40)))
+
+
 @pytest.fixture(autouse=True)
 def _only_enabled_pools(request: pytest.FixtureRequest) -> None:
     callspec = getattr(request.node, "callspec", None)

@@ -5,13 +5,16 @@ The engines' own /metrics (on the ports /admin/backends reports) are the witness
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -113,25 +116,45 @@ class Keeper:
     """Keeps `count` streams open on one engine, directly (not through the gateway), for
     as long as a test needs: a stream that ends is reopened at once, so how fast the
     machine generates does not matter, and running + waiting stays >= count - 1 even in
-    the instant one is being replaced (their lengths differ, so they end one at a time)."""
+    the instant one is being replaced (their lengths differ, so they end one at a time).
+
+    Raw sockets that discard what they receive: no parsing in this process (it shares two
+    cores with the engines), no read timeout for a stream that waits its turn behind a
+    full batch, and leaving takes at most the 0.5 s poll."""
 
     def __init__(self, url: str, body: dict[str, Any], count: int) -> None:
         self.url, self.body = url, body
         self.stop = threading.Event()
-        self.errors: list[BaseException] = []
+        self.errors: list[BaseException | str] = []
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(count)]
 
     def _run(self, i: int) -> None:
         # Lengths differ by 10 tokens: streams started together in one batch would otherwise
         # all end at the same step, and the queue dips to ~0 while they are all replaced.
-        body = {**self.body, "max_tokens": self.body["max_tokens"] + 10 * i}
+        body = json.dumps({**self.body, "max_tokens": self.body["max_tokens"] + 10 * i}).encode()
+        u = urlsplit(self.url)
+        host, port = u.hostname or "127.0.0.1", u.port or 80
+        request = (f"POST {u.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
         while not self.stop.is_set():
             try:
-                with open_stream(self.url, body, key=None) as events:
-                    for _ in events:
-                        if self.stop.is_set():
-                            return
-            except Exception as e:  # noqa: BLE001 - reported by the test
+                with socket.create_connection((host, port), timeout=10) as s:
+                    s.sendall(request)
+                    s.settimeout(0.5)
+                    head = b""
+                    while not self.stop.is_set():
+                        try:
+                            data = s.recv(65536)
+                        except TimeoutError:
+                            continue
+                        if not data:
+                            break  # the engine closed after the last event: open the next one
+                        if len(head) < 12:
+                            head += data
+                            if len(head) >= 12 and not head.startswith(b"HTTP/1.1 200"):
+                                self.errors.append(head[:300].decode(errors="replace"))
+                                return
+            except OSError as e:
                 self.errors.append(e)
                 return
 
@@ -143,7 +166,12 @@ class Keeper:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         for t in self.threads:
-            t.join(60)
+            t.join(10)
+
+
+BUSY_STREAMS = {VLLM_CHAT: 24, LLAMA_CHAT: 8}
+BALANCER_VIEW = ("id", "state", "outstanding", "engine_running", "engine_waiting",
+                 "ewma_ttft", "ewma_tpot", "ttft_age", "tpot_age")
 
 
 def queue_seen_by_gateway(gw: Gateway, backend_id: str) -> float:
@@ -157,27 +185,38 @@ def test_balancing_sees_traffic_the_gateway_did_not_send(gateway: Gateway, clien
     requests to the other. Waits on conditions (the gateway's scraped view), not sleeps.
 
     The pools use the default `speed_aware` policy: cost = service x (1 + queue ahead)
-    with the batch size unknown, and service estimates of two replicas may differ by a
-    few times under load. Eight streams on the busy one (queue >= 7) against at most our
-    own one request on the idle one leave a margin no speed estimate crosses; our
-    requests stream, so their TPOT is measured as the estimates' history was."""
+    with the batch size unknown, and service estimates of two replicas may differ by
+    several times on shared cores. With 8 streams (a 9x margin) a CI run timed out one
+    of our requests after 120 s: most likely it went into the busy one's full batch
+    (`--max-num-seqs 8`), where it waits for a 16,000-token stream to end; a failure
+    now prints the balancer's inputs before each request. On vLLM 24 streams on the busy
+    one (8 running, 16 waiting behind `--max-num-seqs 8`) against at most our own one
+    request on the idle one leave a 25x margin. llama-server gets 8 (2 slots, 6 deferred: a 9x margin): it
+    holds one HTTP thread per open stream, and with 24 its `/metrics` and `/health` went
+    unanswered for over a minute. Our requests stream, so their TPOT is measured as the
+    estimates' history was."""
     urls = gateway.engine_urls(pool)
     assert len(urls) == REPLICAS[pool]
     busy_id, busy = sorted(urls.items())[0]
     (idle,) = [u for i, u in urls.items() if i != busy_id]
     body = {"model": "x" if pool == LLAMA_CHAT else pool, "prompt": "Hello there",
             "max_tokens": LONG[pool], "stream": True}
-    streams = 8
+    streams = BUSY_STREAMS[pool]
     with Keeper(busy + "/v1/completions", body, streams) as keeper:
         # The engine's own gauges, then the gateway's reading of them (what the balancer uses).
         assert wait_for(lambda: engine_queue(busy, pool) >= streams - 1, 120), engine_metrics(busy)
         assert wait_for(lambda: queue_seen_by_gateway(gateway, busy_id) >= streams - 1, 30), gateway.backends()
         before = engine_metrics(idle)[GENERATED[pool]]
         used = 0
+        seen: list[list[dict[str, Any]]] = []  # the balancer's inputs before each request, for a failure
         for _ in range(4):
-            for chunk in client.completions.create(model=pool, prompt="Hello there", max_tokens=3, stream=True,
-                                                   stream_options={"include_usage": True}):
-                used += chunk.usage.completion_tokens if chunk.usage else 0
+            seen.append([{k: b[k] for k in BALANCER_VIEW} for b in gateway.backends() if b["pool"] == pool])
+            try:
+                for chunk in client.completions.create(model=pool, prompt="Hello there", max_tokens=3, stream=True,
+                                                       stream_options={"include_usage": True}):
+                    used += chunk.usage.completion_tokens if chunk.usage else 0
+            except APIError as e:
+                raise AssertionError(f"request {len(seen)} failed; the gateway's view before each: {seen}") from e
         # The load outlasted the gateway's requests, whatever the machine's speed.
         assert engine_queue(busy, pool) >= streams - 1 and not keeper.errors, keeper.errors
     assert used == 12
