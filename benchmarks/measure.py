@@ -43,6 +43,8 @@ async def point(targets: Sequence[loadgen.Target], raw_for: Any, concurrency: in
         "ttfc_p99_ms": loadgen.percentile(ttfc, 99) * 1e3,
         "events_per_req": w.events / n,
         "server_cpu_us": sum(meter.seconds[:ns]) / n * 1e6 if ns else None,
+        # Of it, in the kernel (sockets, epoll): what no user-space saving touches.
+        "server_kernel_cpu_us": sum(meter.kernel_seconds[:ns]) / n * 1e6 if ns else None,
         "server_cpu_util": sum(meter.seconds[:ns]) / w.seconds if ns else None,
         "client_cpu_us": sum(meter.seconds[ns:]) / n * 1e6,
         "client_cpu_util": sum(meter.seconds[ns:]) / w.seconds,

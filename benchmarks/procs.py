@@ -63,9 +63,16 @@ def _fmt(cpus: set[int]) -> str:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process (all threads), in seconds."""
+    user, kernel = cpu_split(pid)
+    return user + kernel
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the whole process (all threads), in seconds: the kernel's share
+    is mostly the network stack (on loopback a send also runs the receiver's TCP input)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -88,18 +95,21 @@ def open_fds(pid: int) -> int:
 
 
 class CpuMeter:
-    """CPU seconds of a set of PIDs between `start()` and `stop()`."""
+    """CPU seconds of a set of PIDs between `start()` and `stop()`, and of them in the kernel."""
 
     def __init__(self, *pids: int) -> None:
         self.pids = pids
-        self._t0: list[float] = []
+        self._t0: list[tuple[float, float]] = []
         self.seconds: list[float] = [0.0] * len(pids)
+        self.kernel_seconds: list[float] = [0.0] * len(pids)
 
     def start(self) -> None:
-        self._t0 = [cpu_seconds(p) for p in self.pids]
+        self._t0 = [cpu_split(p) for p in self.pids]
 
     def stop(self) -> None:
-        self.seconds = [cpu_seconds(p) - t for p, t in zip(self.pids, self._t0, strict=True)]
+        now = [cpu_split(p) for p in self.pids]
+        self.seconds = [u + k - u0 - k0 for (u, k), (u0, k0) in zip(now, self._t0, strict=True)]
+        self.kernel_seconds = [k - k0 for (_, k), (_, k0) in zip(now, self._t0, strict=True)]
 
 
 def raise_fd_limit(want: int = 65536) -> int:

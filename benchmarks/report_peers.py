@@ -180,6 +180,8 @@ metering or metrics. What it spends per request, any Python gateway on this stac
                 fmt(s("rps")),
                 fmt(s("server_cpu_us")) if proxy else NA,
                 fmt(_per_rep(b, pts, _ratio("server_cpu_us")), 2) + "x" if proxy and b else NA,
+                # Older JSON files have no kernel split.
+                fmt(s("server_kernel_cpu_us")) if proxy and all("server_kernel_cpu_us" in p for p in vals) else NA,
                 fmt(s("lat_p50_ms"), 2),
                 fmt(_per_rep(d, pts, _added("lat_p50_ms")), 2) if proxy else NA,
                 fmt(s("lat_p99_ms"), 2),
@@ -188,7 +190,7 @@ metering or metrics. What it spends per request, any Python gateway on this stac
                 fmt(s("errors")),
             ])
         out.append(f"**{mode}, c={c}**\n\n" + _table(
-            ["proxy", "req/s", "CPU us/req", f"CPU vs {base}", "p50 ms", "added p50 ms", "p99 ms", "added p99 ms",
+            ["proxy", "req/s", "CPU us/req", f"CPU vs {base}", "of it kernel us", "p50 ms", "added p50 ms", "p99 ms", "added p99 ms",
              "first chunk p50 ms", "errors"], rows) + "\n")
     table = interleaved_table(pe)
     if table:
