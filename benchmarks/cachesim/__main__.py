@@ -35,34 +35,34 @@ SHORT_PLAN = [("cache_aware", 1), ("speed_aware", 1)]
 BEGIN, END = "<!-- cachesim:begin -->", "<!-- cachesim:end -->"
 
 
-def capacity(workload: str, spec: EngineSpec, seconds: float) -> float:
+def capacity(workload: str, spec: EngineSpec, seconds: float, engines: int = ENGINES) -> float:
     """Requests/s completed by speed_aware with sessions back to back (no think time)."""
-    base = sessions(workload, 1000.0, 10.0, seed=99)[: ENGINES * spec.max_num_seqs * 2]
+    base = sessions(workload, 1000.0, 10.0, seed=99)[: engines * spec.max_num_seqs * 2]
     closed = [Session(0.0, [dataclasses.replace(t, think=0.0) for t in s.turns], s.hashes) for s in base]
     warm = seconds / 3
-    samples = asyncio.run(simulate(closed, "speed_aware", 1, spec, ENGINES, seed=1, measure_from=warm,
+    samples = asyncio.run(simulate(closed, "speed_aware", 1, spec, engines, seed=1, measure_from=warm,
                                    closed_loop_until=seconds))
     done = [x for x in samples if x.arrive + x.e2e <= seconds]
     return len(done) / (seconds - warm)
 
 
 def run(workloads: list[str], loads: list[float], window: float, warm: float, log: Any,
-        known: dict[str, float] | None = None, save: Any = None) -> dict[str, Any]:
+        known: dict[str, float] | None = None, save: Any = None, engines: int = ENGINES) -> dict[str, Any]:
     """`known`: capacities measured before (a run is deterministic: the same code and
     seeds give the same figure); `save(out)` after every run (partial results survive)."""
     spec = EngineSpec()
-    out: dict[str, Any] = {"engines": ENGINES, "spec": dataclasses.asdict(spec), "window_s": window, "warm_s": warm,
+    out: dict[str, Any] = {"engines": engines, "spec": dataclasses.asdict(spec), "window_s": window, "warm_s": warm,
                            "capacity": {}, "runs": []}
     for w in workloads:
-        cap = (known or {}).get(w) or capacity(w, spec, 300.0)
+        cap = (known or {}).get(w) or capacity(w, spec, 300.0, engines)
         out["capacity"][w] = cap
         log(f"cachesim: {w}: capacity {cap:.1f} req/s (speed_aware, sessions back to back)")
         for load in loads:
             sess = sessions(w, load * cap, window, seed=SEED)
             for policy, replicas in PLAN if load == 0.7 else SHORT_PLAN:
                 t0 = time.monotonic()
-                st = summarize(asyncio.run(simulate(sess, policy, replicas, spec, ENGINES, seed=3, measure_from=warm)),
-                               ENGINES)
+                st = summarize(asyncio.run(simulate(sess, policy, replicas, spec, engines, seed=3, measure_from=warm)),
+                               engines)
                 st.update(workload=w, load=load, policy=policy, replicas=replicas, rate=load * cap,
                           sessions=len(sess), errors=0)
                 out["runs"].append(st)
@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write this part's figures here; RESULTS.md untouched")
     p.add_argument("--merge", nargs="+", type=Path, help="write RESULTS.md from parts written with --json")
     p.add_argument("--no-write", action="store_true", help="print only; RESULTS.md untouched")
+    p.add_argument("--engines", type=int, default=ENGINES,
+                   help=f"engines behind the gateway (default {ENGINES}; RESULTS.md's table is for {ENGINES})")
     args = p.parse_args(argv)
     if args.merge:
         res = merge([json.loads(f.read_text()) for f in args.merge])
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 args.json.write_text(json.dumps({**out, "elapsed_s": time.process_time() - t0, "targets": []}))
 
-        res = run(args.workloads, loads, window, warm, lambda m: print(m, file=sys.stderr, flush=True), known, save)
+        res = run(args.workloads, loads, window, warm, lambda m: print(m, file=sys.stderr, flush=True), known, save,
+                  args.engines)
         res["elapsed_s"] = time.process_time() - t0
     for t in res["targets"]:
         print(f"{'met' if t['met'] else 'NOT met'}: {t['target']}: {t['detail']}", file=sys.stderr)
